@@ -1,0 +1,75 @@
+"""poselift's own checkpoints: a checkpoint alone rebuilds its model.
+
+Stored: model name and constructor arguments, weights, the resolved config, the content
+fingerprints of the input caches, the package version, epoch, optimizer state and RNG
+states (as tensors / plain Python types only, so ``torch.load(weights_only=True)`` reads
+them without unpickling arbitrary objects).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "build_model", "CheckpointError"]
+
+FORMAT = "poselift-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not fit; messages name the file."""
+
+
+def save_checkpoint(path: str | os.PathLike, *, model_name: str, model_args: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor], config: dict[str, Any],
+                    cache_fingerprints: dict[str, str], epoch: int,
+                    optimizer: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write atomically (tmp + rename) so a crash never leaves a half checkpoint."""
+    from poselift import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "poselift_version": __version__,
+        "model_name": model_name, "model_args": model_args,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "config": config, "cache_fingerprints": cache_fingerprints, "epoch": int(epoch),
+        "optimizer": optimizer, "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
+        raise CheckpointError(f"{path}: not a readable poselift checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}). VideoPose3D .bin files "
+                              f"load with poselift.lifting.load_videopose3d, TCMR/VIBE .pth.tar with "
+                              f"load_tcmr") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a poselift checkpoint (no '{FORMAT}' marker)")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], registry: dict[str, Callable[..., torch.nn.Module]],
+                path: str = "?") -> torch.nn.Module:
+    """Rebuild and strictly load the model a checkpoint describes."""
+    name = ckpt["model_name"]
+    if name not in registry:
+        raise CheckpointError(f"{path}: model {name!r} is not known (known: {sorted(registry)})")
+    model = registry[name](**ckpt["model_args"])
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit {name}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return model
