@@ -59,6 +59,10 @@ class Field:
     dtype: np.dtype = np.dtype(np.float32)
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+
+
 class CacheWindowDataset(torch.utils.data.Dataset):
     """Windows over caches.
 
@@ -142,6 +146,10 @@ class CacheWindowDataset(torch.utils.data.Dataset):
                 arr = data[offsets[seq][:, None] + frames]
             else:
                 arr = np.stack([self._read_window(f, self.ids[s], fr) for s, fr in zip(seq, frames)])
+            if f.transform is None and (f.flip is None or not flipped.any()):
+                # torch converts float16 -> float32 ~7x faster than numpy's astype
+                out[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(_torch_dtype(f.dtype))
+                continue
             arr = arr.astype(f.dtype, copy=False)
             if f.transform is not None:
                 arr = f.transform(arr, seq)

@@ -1,0 +1,66 @@
+"""``poselift-cache``: inspect, check and repair poselift HDF5 caches."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .schema import CacheError, CacheHeader
+from .verify import cache_info, format_info, verify_cache
+from .writer import CacheWriter, partial_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="poselift-cache", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("info", help="sequences, frames, fields and provenance of a cache")
+    a.add_argument("path", type=Path, help="the cache file (.h5)")
+    a.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    v = sub.add_parser("verify", help="check structure, shapes, NaN/inf, completeness and fingerprints")
+    v.add_argument("paths", type=Path, nargs="+", help="one or more cache files")
+    v.add_argument("--no-digests", action="store_true",
+                   help="skip re-hashing the data (faster; structure and values are still checked)")
+    v.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept NaN/inf values (caches written with allow_nonfinite)")
+    v.add_argument("--fingerprint", help="also require this content fingerprint (single path only)")
+    v.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    f = sub.add_parser("finalize", help="merge the committed sequences of an interrupted writer into "
+                                        "the cache (what the writer does when it finishes)")
+    f.add_argument("path", type=Path, help="the cache file whose <path>.partial folder should be merged")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "info":
+            info = cache_info(args.path)
+            print(json.dumps(info, indent=2) if args.json else format_info(info))
+            return 0
+        if args.command == "verify":
+            results = [verify_cache(pth, check_digests=not args.no_digests,
+                                    allow_nonfinite=args.allow_nonfinite,
+                                    expect_fingerprint=args.fingerprint) for pth in args.paths]
+            if args.json:
+                print(json.dumps([r.to_dict() for r in results], indent=2))
+            else:
+                for r in results:
+                    status = "OK" if r.ok else f"{len(r.problems)} PROBLEM(S)"
+                    print(f"{r.path}: {status} ({r.sequences} sequences, {r.frames} frames)")
+                    for msg in r.problems:
+                        print(f"  problem: {msg}")
+                    for msg in r.warnings:
+                        print(f"  warning: {msg}")
+            return 0 if all(r.ok for r in results) else 1
+        parts = partial_dir(args.path)
+        hdr = parts / "header.json"
+        if not hdr.exists():
+            raise CacheError(f"{args.path}: nothing to finalize ({hdr} does not exist)")
+        out = CacheWriter(args.path, CacheHeader.from_json(hdr.read_text())).finalize()
+        print(f"finalized {out}")
+        return 0
+    except CacheError as e:
+        print(f"poselift-cache {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""``cache info`` and ``cache verify``: describe a cache, and check it completely.
+
+verify checks: schema and header, every sequence group (marked complete, frame counts,
+field shapes/dtypes against the joint set), NaN/inf, per-sequence digests (bit rot or
+edits since writing) and the content fingerprint; it also reports left-over parts of an
+interrupted writer. Problems are collected, not raised, so one run lists all of them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from .reader import Cache
+from .schema import (SEQ_GROUP, CacheError, CacheHeader, content_fingerprint, group_digest,
+                     validate_field)
+from .writer import decode_attrs, partial_dir
+
+__all__ = ["cache_info", "verify_cache", "VerifyResult"]
+
+
+def cache_info(path: str | Path) -> dict[str, Any]:
+    """Sequences, frames, fields and provenance of a cache (small; JSON-serialisable)."""
+    c = Cache(path)
+    fields: dict[str, int] = {}
+    subjects: dict[str, int] = {}
+    for info in c:
+        for f in info.fields:
+            fields[f] = fields.get(f, 0) + 1
+        subjects[info.subject] = subjects.get(info.subject, 0) + info.n_frames
+    with h5py.File(c.path, "r") as f:
+        g = f[SEQ_GROUP][next(iter(f[SEQ_GROUP]))] if len(f[SEQ_GROUP]) else None
+        shapes = {k: {"dtype": str(d.dtype), "per_frame_shape": list(d.shape[1:])}
+                  for k, d in (g.items() if g is not None else [])}
+    return {
+        "path": str(c.path), "kind": c.header.kind, "dataset": c.header.dataset,
+        "joint_set": c.header.joint_set, "sequences": len(c), "frames": c.total_frames,
+        "frames_per_subject": subjects, "fields": {k: {"sequences": n, **shapes.get(k, {})}
+                                                   for k, n in sorted(fields.items())},
+        "source": c.header.source, "inputs_fingerprint": c.header.inputs_fingerprint,
+        "content_fingerprint": c.content_fingerprint, "units": c.header.units,
+        "extra": c.header.extra, "poselift_version": c.poselift_version, "created": c.created,
+        "file_bytes": c.path.stat().st_size,
+    }
+
+
+@dataclass
+class VerifyResult:
+    path: str
+    sequences: int = 0
+    frames: int = 0
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "sequences": self.sequences, "frames": self.frames,
+                "problems": self.problems, "warnings": self.warnings}
+
+
+def verify_cache(path: str | Path, *, check_digests: bool = True, allow_nonfinite: bool = False,
+                 expect_fingerprint: str | None = None) -> VerifyResult:
+    """Check a cache completely; see the module docstring for what is checked."""
+    path = Path(path)
+    res = VerifyResult(str(path))
+    parts = partial_dir(path)
+    if parts.exists():
+        n = len(list(parts.glob("seq-*.h5")))
+        msg = (f"{parts}: an interrupted writer left {n} committed sequence(s) that are not in the "
+               f"cache yet; re-run the command that wrote it, or `poselift-cache finalize {path}`")
+        (res.warnings if path.exists() else res.problems).append(msg)
+    if not path.exists():
+        res.problems.append(f"{path}: no such cache file")
+        return res
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        res.problems.append(f"{path}: not a readable HDF5 file ({e}); truncated or corrupt")
+        return res
+    with f:
+        try:
+            header = CacheHeader.from_attrs(f.attrs, str(path))
+        except CacheError as e:
+            res.problems.append(str(e))
+            return res
+        n_joints = None
+        if header.joint_set:
+            from ..joints import get_joint_set
+
+            try:
+                n_joints = get_joint_set(header.joint_set).num_joints
+            except KeyError as e:
+                res.problems.append(f"{path}: {e.args[0]}")
+        grp = f.get(SEQ_GROUP)
+        if grp is None:
+            res.problems.append(f"{path}: group '/{SEQ_GROUP}' is missing")
+            return res
+        digests = {}
+        for gname, g in grp.items():
+            _verify_sequence(path, gname, g, n_joints, check_digests, allow_nonfinite, res, digests)
+        stored = str(f.attrs.get("content_fingerprint", ""))
+        if len(digests) == len(grp) and content_fingerprint(digests) != stored:
+            res.problems.append(f"{path}: content fingerprint {stored[:16]}... does not match the "
+                                f"sequences' digests ({content_fingerprint(digests)[:16]}...)")
+        if expect_fingerprint and stored != expect_fingerprint:
+            res.problems.append(f"{path}: content fingerprint {stored[:16]}... differs from the "
+                                f"expected {expect_fingerprint[:16]}...")
+    return res
+
+
+def _verify_sequence(path: Path, gname: str, g: h5py.Group, n_joints: int | None, check_digests: bool,
+                     allow_nonfinite: bool, res: VerifyResult, digests: dict[str, str]) -> None:
+    attrs = decode_attrs(g.attrs.items())
+    sid = str(attrs.get("seq_id", gname))
+    if not attrs.get("complete"):
+        res.problems.append(f"{path}: sequence {sid!r} is not marked complete")
+        return
+    n = int(attrs.get("n_frames", -1))
+    res.sequences += 1
+    res.frames += max(n, 0)
+    for name, d in g.items():
+        if not isinstance(d, h5py.Dataset):
+            res.problems.append(f"{path}: sequence {sid!r}: {name!r} is not a dataset")
+            continue
+        try:
+            if d.ndim == 0 or d.shape[0] != n:
+                raise CacheError(f"{path}: sequence {sid!r}, field {name!r}: shape {d.shape}, but the "
+                                 f"sequence has {n} frames")
+            # Validate in slabs so a huge sequence never loads whole.
+            for s in range(0, n, 65536):
+                slab = d[s:s + 65536]
+                validate_field(str(path), sid, name, slab, len(slab), n_joints, allow_nonfinite)
+        except CacheError as e:
+            res.problems.append(str(e))
+        except OSError as e:
+            res.problems.append(f"{path}: sequence {sid!r}, field {name!r}: unreadable ({e})")
+    if check_digests:
+        try:
+            got = group_digest(g)
+        except OSError as e:
+            res.problems.append(f"{path}: sequence {sid!r}: unreadable data ({e})")
+            return
+        if got != attrs.get("sha256"):
+            res.problems.append(f"{path}: sequence {sid!r}: data digest differs from the one recorded "
+                                f"at writing (changed or corrupted since)")
+        digests[sid] = str(attrs.get("sha256"))
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [f"{info['path']}: {info['kind']} cache of {info['dataset']!r}, joint set "
+             f"{info['joint_set']}, {info['sequences']} sequences, {info['frames']} frames, "
+             f"{info['file_bytes'] / 2**20:.1f} MiB"]
+    for k, v in info["fields"].items():
+        lines.append(f"  field {k:<16} {v.get('dtype', '?'):<8} per frame {v.get('per_frame_shape')} "
+                     f"in {v['sequences']} sequences")
+    lines.append(f"  frames per subject: {json.dumps(info['frames_per_subject'])}")
+    lines.append(f"  source: {json.dumps(info['source'])}")
+    lines.append(f"  inputs fingerprint {info['inputs_fingerprint'][:16]}...  content fingerprint "
+                 f"{info['content_fingerprint'][:16]}...")
+    lines.append(f"  written by poselift {info['poselift_version']} at {info['created']}")
+    return "\n".join(lines)
