@@ -1,0 +1,249 @@
+"""``poselift-extract``: run the extraction stage from the command line.
+
+Subcommands:
+  features  crops + backbone features for one video or a manifest of sequences -> features cache
+  probe     print frame count, fps and size of videos / image folders (what the extractor sees)
+
+Manifest (JSON list, paths relative to the manifest file)::
+
+    [{"seq_id": "S9/Walking/cam0", "source": "videos/S9_walk.mp4",
+      "boxes": "boxes/S9_walk.npy", "box_format": "cxcywh",
+      "frame_index": "boxes/S9_walk_frames.npy", "attrs": {"subject": "S9"}}, ...]
+
+``box_format`` is one of xyxy, cxcywh (VideoPose3D/TCMR [cx, cy, w, h]), xywh (arrays in .npy, or
+key ``boxes``/``bbox`` in .npz), coco (COCO detection JSON) or posetrack (PoseTrack JSON; give
+``track_id``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "load_manifest"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .contracts import CONTRACTS
+
+    p = argparse.ArgumentParser(prog="poselift-extract", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("features", help="extract backbone features into a features cache",
+                       description="Decode + crop in workers, run the backbone in batches, stream every "
+                                   "sequence into OUT (resumable: re-running skips finished sequences). "
+                                   "Exit status: 0 all written, 1 some sequences failed (listed), "
+                                   "2 bad input.",
+                       epilog=__doc__[__doc__.index("Manifest"):],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("out", help="output cache file (.h5); an interrupted run with the same settings resumes")
+    src = f.add_argument_group("inputs (give --manifest, or --video with --boxes)")
+    src.add_argument("--manifest", help="JSON list of sequences (see `poselift-extract --help`)")
+    src.add_argument("--video", help="one video file or image folder")
+    src.add_argument("--boxes", help="box file for --video: .npy/.npz array, COCO or PoseTrack JSON")
+    src.add_argument("--box-format", default="xyxy",
+                     choices=["xyxy", "cxcywh", "xywh", "coco", "posetrack"],
+                     help="layout of --boxes: xyxy corners, cxcywh = VideoPose3D/TCMR [cx,cy,w,h], "
+                          "xywh = COCO [x,y,w,h], or a detection/tracking JSON (default: xyxy)")
+    src.add_argument("--track-id", type=int, default=None,
+                     help="PoseTrack: which track to extract (default: every track, ids <seq-id>/<track>)")
+    src.add_argument("--seq-id", help="sequence id for --video (default: the file name without suffix)")
+    src.add_argument("--min-score", type=float, default=0.0,
+                     help="COCO detections: drop boxes scoring below this (default: 0)")
+    src.add_argument("--smooth", action="store_true",
+                     help="smooth boxes over time like TCMR (median k=11, then Gaussian sigma=8)")
+    src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
+
+    m = f.add_argument_group("model")
+    m.add_argument("--backbone", default="resnet50",
+                   help="variant from BACKBONES: resnet18/34/50/101/152 or hmr (default: resnet50)")
+    m.add_argument("--weights", help="checkpoint file (torchvision .pth or SPIN/HMR .pth.tar)")
+    m.add_argument("--weights-format", default="auto", choices=["auto", "torchvision", "spin"],
+                   help="checkpoint layout; auto = spin if it holds {'model': ...} with an HMR "
+                        "regressor, else torchvision (default: auto)")
+    m.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    m.add_argument("--random-init", action="store_true",
+                   help="no weights: seeded random backbone, for smoke tests (recorded in the cache)")
+    m.add_argument("--seed", type=int, default=0, help="seed for --random-init (default: 0)")
+    m.add_argument("--base-width", type=int, default=64,
+                   help="--random-init only: stem width (64 = real size; smaller for quick tests)")
+
+    c = f.add_argument_group("preprocessing")
+    c.add_argument("--preset", choices=sorted(CONTRACTS),
+                   help="named reference contract (sets the bbox scale; TCMR 3DPW = 1.3, VIBE = 1.2)")
+    c.add_argument("--bbox-scale", type=float, default=None,
+                   help="square side = max(w, h) x this (default: the preset's, else 1.0)")
+    c.add_argument("--crop-size", type=int, default=224, help="crop side in pixels (default: 224)")
+
+    r = f.add_argument_group("runtime")
+    r.add_argument("--batch-size", type=int, default=32, help="frames per backbone call (default: 32)")
+    r.add_argument("--workers", type=int, default=2, help="decode/crop worker processes (default: 2)")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    r.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help="stored feature dtype (default: float16, half the disk)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the backbone (eager fallback)")
+    r.add_argument("--no-amp", action="store_true", help="CUDA: run in float32 instead of fp16 autocast")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
+    r.add_argument("--overwrite", action="store_true",
+                   help="discard an existing cache or interrupted run made with other settings")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pr = sub.add_parser("probe", help="print frame count, fps and size of videos or image folders")
+    pr.add_argument("paths", nargs="+", help="video files or image folders")
+    return p
+
+
+def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_score: float) -> dict[int | None, Any]:
+    """{track id or None: BoxTrack} from a box file."""
+    from .boxes import BoxError, boxes_from_array, load_coco_detections, load_posetrack_tracks
+    from .video import open_source
+
+    if fmt in ("coco", "posetrack"):
+        n = len(open_source(source))
+        if fmt == "coco":
+            return {None: load_coco_detections(path, n, min_score=min_score)}
+        tracks = load_posetrack_tracks(path, n)
+        if track_id is not None:
+            if track_id not in tracks:
+                raise BoxError(f"{path}: no track {track_id} (tracks: {sorted(tracks)})")
+            return {None: tracks[track_id]}
+        return dict(tracks)
+    if not path.exists():
+        raise BoxError(f"{path}: box file does not exist")
+    if path.suffix == ".json":
+        raise BoxError(f"{path}: a JSON box file needs box format 'coco' or 'posetrack', not {fmt!r}")
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            key = next((k for k in ("boxes", "bbox", "bboxes") if k in z.files), None)
+            if key is None:
+                raise BoxError(f"{path}: no 'boxes' or 'bbox' array (has {z.files})")
+            arr = z[key]
+    else:
+        arr = np.load(path, allow_pickle=False)
+    return {None: boxes_from_array(arr, fmt)}
+
+
+def load_manifest(entries: Sequence[dict[str, Any]], base: Path, *, smooth: bool = False,
+                  min_score: float = 0.0) -> list:
+    """Manifest entries -> SequenceSpec list (relative paths resolved against ``base``)."""
+    from .boxes import smooth_boxes
+    from .features import SequenceSpec
+
+    specs = []
+    for k, e in enumerate(entries):
+        missing = [f for f in ("seq_id", "source", "boxes") if f not in e]
+        if missing:
+            raise ValueError(f"manifest entry {k}: missing field(s) {missing}")
+        source = str(base / e["source"])
+        tracks = _read_boxes(base / e["boxes"], e.get("box_format", "xyxy"), source,
+                             e.get("track_id"), min_score)
+        frames = np.load(base / e["frame_index"]) if e.get("frame_index") else None
+        for tid, tr in tracks.items():
+            if smooth:
+                tr = smooth_boxes(tr)
+            sid = e["seq_id"] if tid is None else f"{e['seq_id']}/{tid}"
+            attrs = dict(e.get("attrs", {}))
+            if tid is not None:
+                attrs["track_id"] = int(tid)
+            specs.append(SequenceSpec(sid, source, tr.boxes, frames, attrs))
+    return specs
+
+
+def _load_backbone(a: argparse.Namespace):
+    import torch
+
+    from .backbones import BACKBONES, file_sha256, load_checkpoint, load_spin_backbone, load_torchvision_resnet
+
+    if a.backbone not in BACKBONES:
+        raise ValueError(f"unknown --backbone {a.backbone!r}; choose from {sorted(BACKBONES)}")
+    if a.weights is None:
+        if not a.random_init:
+            raise ValueError("give --weights CHECKPOINT, or --random-init for an untrained backbone")
+        torch.manual_seed(a.seed)
+        return BACKBONES[a.backbone](base_width=a.base_width), f"random-init:seed={a.seed}"
+    obj = load_checkpoint(a.weights, trust=a.trust_checkpoint)
+    fmt = a.weights_format
+    if fmt == "auto":
+        inner = obj.get("model") if isinstance(obj, dict) else None
+        fmt = "spin" if isinstance(inner, dict) and "decpose.weight" in inner else "torchvision"
+    model = (load_spin_backbone(obj) if fmt == "spin" else
+             load_torchvision_resnet(obj, strict=True))
+    want = 50 if a.backbone == "hmr" else int(a.backbone.removeprefix("resnet"))
+    if want != model.depth:
+        raise ValueError(f"{a.weights}: holds a ResNet-{model.depth}, but --backbone is {a.backbone}")
+    sha = file_sha256(a.weights)
+    model.load_info.update(source=a.weights, sha256=sha)
+    return model, sha
+
+
+def _features(a: argparse.Namespace) -> int:
+    import torch
+
+    from .contracts import CONTRACTS, PreprocessContract
+    from .features import extract_features
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.manifest:
+        mp = Path(a.manifest)
+        specs = load_manifest(json.loads(mp.read_text()), mp.parent, smooth=a.smooth, min_score=a.min_score)
+    elif a.video and a.boxes:
+        entry = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
+                 "box_format": a.box_format, "track_id": a.track_id}
+        specs = load_manifest([entry], Path("."), smooth=a.smooth, min_score=a.min_score)
+    else:
+        raise ValueError("give --manifest, or --video together with --boxes")
+    base = CONTRACTS[a.preset] if a.preset else PreprocessContract()
+    contract = PreprocessContract(**{**base.to_dict(), "crop_size": a.crop_size,
+                                     "bbox_scale": a.bbox_scale or base.bbox_scale,
+                                     "mean": base.mean, "std": base.std, "supporting_frames": ()})
+    model, sha = _load_backbone(a)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    res = extract_features(specs, a.out, model, contract, batch_size=a.batch_size, num_workers=a.workers,
+                           device=device, dtype=a.dtype, weights_sha256=sha,
+                           extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
+                           compile=a.compile, amp=not a.no_amp, overwrite=a.overwrite,
+                           progress=not a.no_progress)
+    print(f"{a.out}: wrote {len(res.written)}, skipped {len(res.skipped)} (already cached), "
+          f"failed {len(res.failed)}; {res.frames} frames ({res.invalid_frames} without a usable box) "
+          f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
+    for sid, err in res.failed.items():
+        print(f"  FAILED {sid}: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
+def _probe(a: argparse.Namespace) -> int:
+    from .video import VideoError, open_source
+
+    rc = 0
+    for p in a.paths:
+        try:
+            s = open_source(p)
+            print(f"{p}: {s.num_frames} frames, {s.fps:g} fps, {s.size[0]}x{s.size[1]}")
+        except VideoError as e:
+            print(f"{p}: ERROR {e}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from poselift.datasets.cache import CacheError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    a = build_parser().parse_args(argv)
+    try:
+        return {"features": _features, "probe": _probe}[a.command](a)
+    except (ValueError, OSError, RuntimeError, CacheError) as e:  # our errors name the file/field; no traceback
+        print(f"poselift-extract: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
