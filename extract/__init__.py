@@ -1,0 +1,15 @@
+"""poselift.extract: the GPU stage — video -> person crops -> 2D estimators and feature
+backbones -> HDF5 caches.
+
+Public entry points used by other tools and by the held-out reference checks:
+``load_alphapose`` / ``sikr_decode`` (AlphaPose FastPose with SIKR), ``pose_nms``
+(parametric pose NMS), ``deform_conv2d`` (torchvision-compatible modulated deformable
+convolution in plain PyTorch).
+"""
+from .deform_conv import DeformConv2d, deform_conv2d
+from .estimators.fastpose import FastPose, load_alphapose
+from .estimators.pose_nms import PoseNMSParams, pose_nms
+from .estimators.sikr import flip_test_logits, sikr_decode
+
+__all__ = ["deform_conv2d", "DeformConv2d", "FastPose", "load_alphapose", "sikr_decode",
+           "flip_test_logits", "pose_nms", "PoseNMSParams"]
