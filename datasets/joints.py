@@ -233,3 +233,36 @@ LSP14 = JointSet(
 for _js in (SPIN49, LSP14):
     JOINT_SETS[_js.name] = _js
 __all__ += ["SPIN49", "LSP14"]
+
+
+# InstaVariety 2D keypoints as stored by VIBE/TCMR (``insta_train_db.h5``): OpenPose BODY_25
+# joints in another order plus the LSP head top. Names reuse SPIN49's so conversion is by name.
+INSTA25 = JointSet(
+    name="insta25",
+    names=("op_r_heel", "op_r_knee", "op_r_hip", "op_l_hip", "op_l_knee", "op_l_heel",
+           "op_r_wrist", "op_r_elbow", "op_r_shoulder", "op_l_shoulder", "op_l_elbow",
+           "op_l_wrist", "op_neck", "head_top_lsp", "op_nose", "op_l_eye", "op_r_eye",
+           "op_l_ear", "op_r_ear", "op_l_big_toe", "op_r_big_toe", "op_l_small_toe",
+           "op_r_small_toe", "op_l_ankle", "op_r_ankle"),
+    parents=(24, 2, 12, 12, 3, 23, 7, 8, 12, 12, 9, 10, -1, 12, 12, 14, 14, 15, 16, 23, 24,
+             23, 24, 4, 1),
+    left=(3, 4, 5, 9, 10, 11, 15, 17, 19, 21, 23),
+    right=(2, 1, 0, 8, 7, 6, 16, 18, 20, 22, 24),
+    root=12,
+)
+
+# OpenPose COCO-18 (3DPW's ``poses2d`` in the sequence files).
+OPENPOSE18 = JointSet(
+    name="openpose18",
+    names=("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow",
+           "l_wrist", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye",
+           "l_eye", "r_ear", "l_ear"),
+    parents=(1, -1, 1, 2, 3, 1, 5, 6, 1, 8, 9, 1, 11, 12, 0, 0, 14, 15),
+    left=(5, 6, 7, 11, 12, 13, 15, 17),
+    right=(2, 3, 4, 8, 9, 10, 14, 16),
+    root=1,
+)
+
+for _js in (INSTA25, OPENPOSE18):
+    JOINT_SETS[_js.name] = _js
+__all__ += ["INSTA25", "OPENPOSE18"]

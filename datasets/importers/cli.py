@@ -66,11 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--overwrite", action="store_true",
                    help="delete existing caches (and leftovers of an interrupted run) with the "
                         "same names in --out instead of resuming or refusing them")
+    from . import tcmr_import_cli
+
+    tcmr_import_cli.add_arguments(sub.add_parser(
+        "tcmr", help="TCMR/VIBE joblib databases, InstaVariety HDF5 or 3DPW sequence files -> caches",
+        description="Import a TCMR/VIBE *_db.pt (joblib), insta_train_db.h5 or 3DPW sequenceFiles "
+                    "into a features cache plus a ground-truth (or 2D keypoint) cache, video by video"))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "tcmr":
+        from . import tcmr_import_cli
+
+        return tcmr_import_cli.run(args)
     if args.command == "videopose3d":
         try:
             report = import_videopose3d(args.data_3d, args.data_2d, args.dataset, args.out,

@@ -1,0 +1,307 @@
+"""TCMR training from feature caches, readable top to bottom (recipe: tcmr.md §2).
+
+Adam (lr 5e-5), ReduceLROnPlateau(factor 0.1, patience 5) on validation PA-MPJPE, 500
+iterations per epoch, batches of 32 = int(32 * 0.6) 2D-only windows + the rest 3D windows,
+loss weights 300/300/60/0.06, targets of the middle frame for [past, future, fused].
+
+Differences from the reference, on purpose: targets are float32; model selection only on a
+validation source that is none of the test sources (refused otherwise); batches are a pure
+function of (seed, step) so a resumed run reproduces an uninterrupted one; checkpoints hold
+no SMPL buffers; the device is chosen automatically, with AMP on CUDA.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from poselift.datasets.cache import CacheError
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import config_to_dict, dump_config
+from .smpl_model import build_spin_smpl, load_mean_params
+from .tcmr import TCMR
+from .tcmr_ckpt import SMPL_PREFIX, load_tcmr_state_dict
+from .tcmr_data import (MixedBatchSampler, TCMRWindowData, open_source, source_paths,
+                        tcmr_stride, train_windows)
+from .tcmr_eval import PROTOCOLS, evaluate_source, h36m_regressor
+from .tcmr_losses import TCMRLoss, TCMRLossWeights
+from .train_lifter import resolve_device
+
+__all__ = ["TCMRConfig", "train_tcmr", "build_tcmr", "check_validation_split", "StepBatches"]
+
+
+@dataclass
+class TCMRConfig:
+    """TCMR training; sources are cache name prefixes in ``cache_dir`` (see tcmr_data)."""
+
+    cache_dir: str = "caches/tcmr"
+    train_2d: list[str] = field(default_factory=lambda: ["insta_train"])
+    train_3d: list[str] = field(default_factory=lambda: ["3dpw_train", "mpii3d_train_scale12",
+                                                         "h36m_train_25fps_nosmpl"])
+    no_smpl: list[str] = field(default_factory=list)   # 3D sources trained without SMPL terms
+    val: str = "3dpw_val"
+    val_protocol: str = "3dpw"
+    test: list[str] = field(default_factory=lambda: ["3dpw_test"])
+    body_model_dir: str = "data/base_data"
+    pretrained_regressor: str = ""                       # SPIN checkpoint (['model'] fc1..deccam)
+    # model (release: 2 layers, hidden 1024)
+    n_layers: int = 2
+    hidden_size: int = 1024
+    feat_dim: int = 2048
+    regressor_hidden: int = 1024
+    # optimisation
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    ratio_2d: float = 0.6
+    balanced: bool = False
+    overlap: float = 0.9375                              # 15/16 -> stride 1 (Table 4)
+    iters_per_epoch: int = 500
+    epochs: int = 30
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    w_kp_2d: float = 300.0
+    w_kp_3d: float = 300.0
+    w_pose: float = 60.0
+    w_shape: float = 0.06
+    # validation
+    val_batch_size: int = 32
+    val_pad: str = "repeat_target"
+    # run
+    seed: int = 1
+    device: str = "auto"
+    amp: bool = True                                     # CUDA only
+    num_threads: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    out_dir: str = "runs/tcmr"
+
+
+def check_validation_split(cfg: TCMRConfig) -> None:
+    """Refuse model selection on a test source (by name, file or content fingerprint)."""
+    if cfg.val in cfg.test:
+        raise ValueError(f"validation source {cfg.val!r} is also a test source; select models "
+                         f"on a validation split (TCMR's Table-6 H36M config validates on test)")
+    from poselift.datasets.cache import Cache
+
+    vf, vl = source_paths(cfg.cache_dir, cfg.val)
+    vfp = {Cache(vf).content_fingerprint, Cache(vl).content_fingerprint}
+    for t in cfg.test:
+        try:
+            tf, tl = source_paths(cfg.cache_dir, t)
+        except FileNotFoundError:
+            continue
+        same_file = {vf.resolve(), vl.resolve()} & {tf.resolve(), tl.resolve()}
+        same_data = vfp & {Cache(tf).content_fingerprint, Cache(tl).content_fingerprint}
+        if same_file or same_data:
+            raise ValueError(f"validation source {cfg.val!r} uses the same cache as test source "
+                             f"{t!r} ({sorted(map(str, same_file)) or 'identical content'})")
+
+
+def build_tcmr(cfg: TCMRConfig) -> TCMR:
+    """Model from the config (SMPL and mean parameters from ``body_model_dir``)."""
+    smpl = build_spin_smpl(cfg.body_model_dir)
+    mean = {}
+    if (Path(cfg.body_model_dir) / "smpl_mean_params.npz").exists():
+        m = load_mean_params(cfg.body_model_dir)
+        mean = {"init_pose": m["pose"], "init_shape": m["shape"], "init_cam": m["cam"]}
+    model = TCMR(smpl, n_layers=cfg.n_layers, hidden_size=cfg.hidden_size, seq_len=16,
+                 feat_dim=cfg.feat_dim, regressor_hidden=cfg.regressor_hidden, **mean)
+    if cfg.pretrained_regressor:
+        _load_spin_regressor(model, cfg.pretrained_regressor)
+    return model
+
+
+def _load_spin_regressor(model: TCMR, path: str) -> None:
+    from .safe_pickle import safe_torch_load
+
+    ck = safe_torch_load(path)
+    sd = ck.get("model", ck) if isinstance(ck, dict) else None
+    if not isinstance(sd, dict):
+        raise CacheError(f"{path}: expected a dict with key 'model'")
+    own = model.regressor.state_dict()
+    for k in [k for k in own if k.split(".")[0] in ("fc1", "fc2", "decpose", "decshape", "deccam")]:
+        if k not in sd:
+            raise KeyError(f"{path}: missing key {k!r} for the SPIN regressor")
+        if tuple(sd[k].shape) != tuple(own[k].shape):
+            raise ValueError(f"{path}: key {k!r} has shape {tuple(sd[k].shape)}, expected "
+                             f"{tuple(own[k].shape)}")
+        own[k] = sd[k]
+    model.regressor.load_state_dict(own)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``s`` = the whole training batch of step ``s`` (so DataLoader workers prefetch)."""
+
+    def __init__(self, sampler: MixedBatchSampler, data_2d: list[TCMRWindowData],
+                 data_3d: list[TCMRWindowData]) -> None:
+        self.sampler, self.groups = sampler, (data_2d, data_3d)
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        parts: list[list[dict[str, torch.Tensor]]] = [[], []]
+        for g in (0, 1):
+            ds, win = self.sampler.group_batch(g, int(step))
+            for d in np.unique(ds):
+                parts[g].append(self.groups[g][d].get_batch(np.sort(win[ds == d])))
+        out: dict[str, Any] = {"n_2d": sum(len(p["features"]) for p in parts[0])}
+        allp = parts[0] + parts[1]
+        out["features"] = torch.cat([p["features"] for p in allp])
+        out["kp_2d"] = torch.cat([p["kp_2d"] for p in allp])
+        for k, tail in (("kp_3d", (49, 3)), ("theta", (85,)), ("w_3d", ()), ("w_smpl", ())):
+            out[k] = torch.cat([p[k] for p in parts[1]]) if parts[1] else torch.zeros((0,) + tail)
+        return out
+
+
+def _rep3(x: torch.Tensor) -> torch.Tensor:
+    """Targets of the middle frame for the [past, future, fused] outputs: (B, ...) -> (B, 3, ...)."""
+    return x.unsqueeze(1).expand(x.shape[0], 3, *x.shape[1:])
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
+    """Train (or resume) TCMR; returns a summary (also written to ``summary.json``)."""
+    check_validation_split(cfg)
+    if cfg.val_protocol not in PROTOCOLS:
+        raise KeyError(f"unknown val_protocol {cfg.val_protocol!r}; known: {sorted(PROTOCOLS)}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    _seed(cfg.seed)
+
+    stride = tcmr_stride(cfg.overlap)
+    src_2d = [open_source(cfg.cache_dir, n, feat_dim=cfg.feat_dim, use_smpl=False) for n in cfg.train_2d]
+    src_3d = [open_source(cfg.cache_dir, n, feat_dim=cfg.feat_dim, use_smpl=n not in cfg.no_smpl)
+              for n in cfg.train_3d]
+    for s in src_3d:
+        if not s.is_3d:
+            raise CacheError(f"{s.labels.path}: source {s.name!r} is in train_3d but has no 3D joints")
+    data_2d = [TCMRWindowData(s, train_windows(s, stride)) for s in src_2d]
+    data_3d = [TCMRWindowData(s, train_windows(s, stride)) for s in src_3d]
+    sampler = MixedBatchSampler([len(d) for d in data_2d], [len(d) for d in data_3d],
+                                cfg.batch_size, cfg.ratio_2d, cfg.balanced, cfg.seed)
+    val_src = open_source(cfg.cache_dir, cfg.val, feat_dim=cfg.feat_dim)
+
+    model = build_tcmr(cfg).to(device)
+    j_reg = h36m_regressor(cfg.body_model_dir, model.regressor.smpl.v_template.shape[0]) \
+        if PROTOCOLS[cfg.val_protocol].h36m_regressor else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    loss_fn = TCMRLoss(TCMRLossWeights(cfg.w_kp_2d, cfg.w_kp_3d, cfg.w_pose, cfg.w_shape))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    fingerprints = {f"{s.name}/{c}": getattr(s, c).content_fingerprint
+                    for s in src_2d + src_3d + [val_src] for c in ("features", "labels")}
+    model_args = dict(n_layers=cfg.n_layers, hidden_size=cfg.hidden_size, seq_len=16,
+                      feat_dim=cfg.feat_dim, regressor_hidden=cfg.regressor_hidden)
+    last, best_path = out / "last.pt", out / "best.pt"
+    start_epoch, history, best = 0, [], float("inf")
+    if resume and last.exists():
+        ck = load_checkpoint(last, map_location="cpu")
+        if ck["cache_fingerprints"] != fingerprints:
+            raise RuntimeError(f"{last}: was trained on other caches; use another out_dir or delete it")
+        load_tcmr_state_dict(model, ck["state_dict"], last)
+        optimizer.load_state_dict(ck["optimizer"])
+        ex = ck["extra"]
+        scheduler.load_state_dict(ex["scheduler"])
+        start_epoch, history, best = ck["epoch"], ex["history"], ex["best"]
+        torch.set_rng_state(ex["torch_rng"])
+        if device.type == "cuda" and ex.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ex["cuda_rng"])
+        print(f"resumed from {last} at epoch {start_epoch}")
+
+    batches = StepBatches(sampler, data_2d, data_3d)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        steps = range(epoch * cfg.iters_per_epoch, (epoch + 1) * cfg.iters_per_epoch)
+        loader = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=steps, num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed + epoch))  # keeps global RNG untouched
+        sums: dict[str, float] = {}
+        data_time, it = 0.0, iter(loader)
+        bar = tqdm(range(len(steps)), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                   disable=not cfg.progress, leave=False)
+        for _ in bar:
+            td = time.perf_counter()
+            b = next(it)
+            data_time += time.perf_counter() - td
+            n2 = int(b["n_2d"])
+            x = b["features"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = model(x, is_train=True)
+            pred = {k: pred[k].float() for k in ("kp_2d", "kp_3d", "theta")}
+            kp2d = _rep3(b["kp_2d"].to(device))
+            t2d = {"kp_2d": kp2d[:n2]} if n2 else None
+            t3d = {"kp_2d": kp2d[n2:], "kp_3d": _rep3(b["kp_3d"].to(device)),
+                   "theta": _rep3(b["theta"].to(device)),
+                   "w_3d": _rep3(b["w_3d"].to(device)), "w_smpl": _rep3(b["w_smpl"].to(device))}
+            loss, terms = loss_fn(pred, t2d, t3d)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss at epoch {epoch + 1}: "
+                                   f"{ {k: float(v) for k, v in terms.items()} }")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in dict(terms, loss=loss).items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.3f}")
+        train_s = time.perf_counter() - t0
+        report, _, _ = evaluate_source(model, val_src, cfg.val_protocol, J_regressor=j_reg,
+                                       device=device, batch_size=cfg.val_batch_size, pad=cfg.val_pad)
+        val = report.overall()
+        pa = val["p_mpjpe"]["mean"]
+        scheduler.step(pa)
+        rec = {"epoch": epoch + 1, **{k: v / len(steps) for k, v in sums.items()},
+               "val_pa_mpjpe_mm": pa, "val_mpjpe_mm": val["mpjpe"]["mean"],
+               "val_pve_mm": val.get("pve", {}).get("mean"),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": train_s,
+               "data_fraction": data_time / max(train_s, 1e-9),
+               "steps_per_s": len(steps) / max(train_s, 1e-9)}
+        history.append(rec)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
+        is_best = pa < best
+        best = min(best, pa)
+        extra = {"scheduler": scheduler.state_dict(), "history": history, "best": best,
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                 "val_protocol": cfg.val_protocol}
+        sd = {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
+        ck_kw = dict(model_name="tcmr", model_args=model_args, state_dict=sd,
+                     config=config_to_dict(cfg), cache_fingerprints=fingerprints,
+                     epoch=epoch + 1, optimizer=optimizer.state_dict(), extra=extra)
+        save_checkpoint(last, **ck_kw)
+        if is_best:
+            save_checkpoint(best_path, **ck_kw)
+    summary = {"out_dir": str(out), "checkpoint": str(last), "best": str(best_path),
+               "best_val_pa_mpjpe_mm": best, "epochs": cfg.epochs, "history": history,
+               "train_windows": {s.name: len(d) for s, d in zip(src_2d + src_3d, data_2d + data_3d)},
+               "stride": stride}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TCMRConfig)]
