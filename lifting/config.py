@@ -29,6 +29,10 @@ class LiftConfig:
     train_subjects: list[str] = field(default_factory=lambda: ["S1", "S5", "S6", "S7", "S8"])
     test_subjects: list[str] = field(default_factory=lambda: ["S9", "S11"])
     actions: list[str] = field(default_factory=list)       # name-prefix filter; empty = all
+    # expectations checked against the cache headers; empty = accept what the caches say
+    dataset: str = ""                                       # e.g. h36m, humaneva15
+    joints_in: str = ""                                     # 2D joint set, e.g. h36m17, coco17
+    joints_out: str = ""                                    # 3D joint set
     subset: float = 1.0                                     # fraction of training frames
     downsample: int = 1                                     # keep every n-th frame
     # model (VideoPose3D TemporalModel)
@@ -48,8 +52,10 @@ class LiftConfig:
     bn_momentum_end: float = 0.001
     flip_train: bool = True
     flip_test: bool = True
-    # semi-supervision (Human3.6M only: needs camera intrinsics)
+    # semi-supervision (Human3.6M only: needs camera intrinsics; needs trajectory: true)
     unlabeled_subjects: list[str] = field(default_factory=list)
+    unlabeled_cache: str = ""                               # 2D cache of those; "" = keypoints_cache
+    seed_unlabeled: int = 4321                              # the unlabeled stream's own seed
     warmup: int = 1
     linear_projection: bool = False
     bone_length_term: bool = True
@@ -60,6 +66,7 @@ class LiftConfig:
     num_threads: int = 0                                    # 0 = torch default
     eval_every: int = 1                                     # epochs between test evaluations (0 = off)
     checkpoint_every: int = 10
+    by_subject: bool = False                                # report per test subject (HumanEva)
     out_dir: str = "runs/lift"
     progress: bool = True
 

@@ -60,9 +60,13 @@ class LiftData:
 
     @classmethod
     def open(cls, gt_path: str, kp_path: str, subjects: list[str], actions: list[str] | None = None,
-             subset: float = 1.0, downsample: int = 1) -> "LiftData":
-        gt = Cache(gt_path, kind="gt")
-        kp = Cache(kp_path, kind="keypoints2d")
+             subset: float = 1.0, downsample: int = 1, *, dataset: str | None = None,
+             joints_in: str | None = None, joints_out: str | None = None) -> "LiftData":
+        """Join the caches; ``dataset`` / ``joints_in`` / ``joints_out`` (None or "" = any)
+        are checked against the cache headers and a mismatch raises ``CacheMismatchError``
+        naming the file and the field."""
+        gt = Cache(gt_path, kind="gt", dataset=dataset or None, joint_set=joints_out or None)
+        kp = Cache(kp_path, kind="keypoints2d", dataset=dataset or None, joint_set=joints_in or None)
         if gt.header.dataset != kp.header.dataset:
             raise CacheError(f"{kp_path} is for dataset {kp.header.dataset!r} but {gt_path} is for "
                              f"{gt.header.dataset!r}")

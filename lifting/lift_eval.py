@@ -1,8 +1,8 @@
 """Evaluate a temporal-convolution lifter on caches and write the report.
 
 Outputs in ``out_dir``: ``report.json`` (per sequence / action / subject / joint, with
-the evaluated frame counts), ``report.md``, ``protocol.md`` (VideoPose3D's per-action
-table: P1, P2, P3, MPJVE), PNG plots, and ``predictions.npz`` in the format
+the evaluated frame counts), ``report.md``, ``protocol.md`` / ``protocol.json``
+(VideoPose3D's per-action table: P1, P2, P3, MPJVE), PNG plots, and ``predictions.npz`` in the format
 ``poselift-evaluate predictions`` reads, so numbers can be recomputed without a model.
 """
 from __future__ import annotations
@@ -63,6 +63,8 @@ def write_lifter_report(preds: dict[str, np.ndarray], data: LiftData, out_dir: s
     report.write_markdown(paths["markdown"])
     table = videopose3d_protocol(report, by_subject=by_subject)
     Path(paths["protocol"]).write_text(table.to_markdown())
+    paths["protocol_json"] = str(out / "protocol.json")
+    Path(paths["protocol_json"]).write_text(json.dumps(table.to_dict(), indent=2))
     save_predictions_npz(Path(paths["predictions"]), records)
     if plots:
         from poselift.evaluation.plots import write_plots
@@ -85,14 +87,29 @@ def load_lifter(path: str | Path, device: str | torch.device = "cpu") -> tuple[T
     return model.to(device).eval(), ckpt
 
 
-def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: str, subjects: list[str],
-                        out_dir: str | Path, *, actions: list[str] | None = None, flip: bool = True,
-                        by_subject: bool = False, device: str = "auto", check_fingerprints: bool = False,
+def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: str, subjects: list[str] | None,
+                        out_dir: str | Path, *, actions: list[str] | None = None, flip: bool | None = None,
+                        by_subject: bool | None = None, device: str = "auto", check_fingerprints: bool = False,
                         progress: bool = True) -> tuple[Report, dict[str, str]]:
-    """Run a checkpoint over the test sequences of two caches and write the report."""
+    """Run a checkpoint over the test sequences of two caches and write the report.
+
+    ``subjects`` / ``actions`` / ``flip`` / ``by_subject`` left at None (subjects: or
+    empty) take the checkpoint's training config (``test_subjects``, ``actions``,
+    ``flip_test``, ``by_subject``), so a HumanEva recipe is evaluated
+    on Walk/Jog/Box and reported per subject without repeating it. Caches of another
+    dataset or joint layout than the checkpoint was trained on are refused.
+    """
     dev = resolve_device(device)
     model, ckpt = load_lifter(checkpoint, dev)
-    data = LiftData.open(gt_cache, keypoints_cache, subjects, actions)
+    cfg = ckpt.get("config") or {}
+    extra = ckpt.get("extra") or {}
+    subjects = list(subjects or cfg.get("test_subjects") or [])
+    actions = list(cfg.get("actions") or []) if actions is None else actions
+    flip = bool(cfg.get("flip_test", True)) if flip is None else flip
+    by_subject = bool(cfg.get("by_subject", False)) if by_subject is None else by_subject
+    data = LiftData.open(gt_cache, keypoints_cache, subjects, actions or None,
+                         dataset=extra.get("dataset"), joints_in=extra.get("joints_in"),
+                         joints_out=extra.get("joints_out"))
     if check_fingerprints:
         want = ckpt["cache_fingerprints"]
         have = {"gt_cache": data.gt.content_fingerprint, "keypoints_cache": data.kp.content_fingerprint}
@@ -101,4 +118,5 @@ def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: 
     causal = bool(ckpt["model_args"].get("causal", False))
     preds = evaluate_lifter(model, data, dev, flip=flip, causal=causal, progress=progress)
     return write_lifter_report(preds, data, out_dir, by_subject=by_subject,
-                               extra={"checkpoint": str(checkpoint), "flip_test": flip})
+                               extra={"checkpoint": str(checkpoint), "flip_test": flip,
+                                      "actions": actions, "by_subject": by_subject})

@@ -6,9 +6,14 @@ MPJPE on root-relative targets, optional depth-weighted trajectory loss. Trainin
 the strided single-frame model when chunk == 1 (same weights as the evaluation model);
 evaluation runs whole sequences through the valid-convolution model.
 
+Semi-supervised training (``unlabeled_subjects``) concatenates an endless unlabeled
+stream to every labeled batch and, from epoch ``warmup`` on, adds the 2D reprojection
+and bone-length terms (see ``semi_supervised.py``).
+
 Differences from the reference, on purpose: runs are seeded (model init, shuffling,
-dropout), resume reproduces an uninterrupted run exactly, and batches are gathered with
-one vectorised index operation instead of a Python loop per example.
+dropout), resume reproduces an uninterrupted run exactly (also the unlabeled stream),
+and batches are gathered with one vectorised index operation instead of a Python loop
+per example.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from .config import LiftConfig, config_to_dict, dump_config
 from .infer_lifter import predict_sequence
 from .lift_data import LiftData, root_relative
 from .losses import mpjpe_loss, weighted_mpjpe_loss
+from .semi_supervised import (SemiSupervisedError, UnlabeledStream, open_unlabeled,
+                              semi_supervised_terms)
 from .temporal_conv import TemporalModel, TemporalModelOptimized1f, bn_momentum_schedule
 
 __all__ = ["train_lifter", "resolve_device", "build_lifters", "evaluate_lifter"]
@@ -85,8 +92,78 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _open_splits(cfg: LiftConfig) -> tuple[LiftData, LiftData | None]:
+    """Training and test data; ``subset`` thins the training split only, ``downsample`` both
+    (as the reference). The config's dataset / joint-set expectations are checked here."""
+    expect = dict(dataset=cfg.dataset, joints_in=cfg.joints_in, joints_out=cfg.joints_out)
+    train = LiftData.open(cfg.gt_cache, cfg.keypoints_cache, cfg.train_subjects, cfg.actions,
+                          subset=cfg.subset, downsample=cfg.downsample, **expect)
+    test = (LiftData.open(cfg.gt_cache, cfg.keypoints_cache, cfg.test_subjects, cfg.actions,
+                          downsample=cfg.downsample, **expect)
+            if cfg.test_subjects and cfg.eval_every else None)
+    return train, test
+
+
+def _open_unlabeled(cfg: LiftConfig, train: LiftData, pad: int, shift: int,
+                    frames_per_batch: int) -> UnlabeledStream | None:
+    if not cfg.unlabeled_subjects:
+        return None
+    if not cfg.trajectory:
+        raise SemiSupervisedError("semi-supervised training (unlabeled_subjects "
+                                  f"{cfg.unlabeled_subjects}) projects pose + trajectory to 2D: set "
+                                  "trajectory: true")
+    return open_unlabeled(cfg.unlabeled_cache or cfg.keypoints_cache, cfg.unlabeled_subjects,
+                          cfg.actions, downsample=cfg.downsample, left=pad + shift,
+                          right=pad - shift, chunk=cfg.chunk, flip=cfg.flip_train,
+                          batch_size=frames_per_batch, seed=cfg.seed_unlabeled,
+                          dataset=train.gt.header.dataset, joint_set=train.joints_in)
+
+
+def _train_step(batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | None,
+                model: torch.nn.Module, traj_model: torch.nn.Module | None, parents: tuple[int, ...],
+                cfg: LiftConfig, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch: pose MPJPE (+ trajectory, + unlabeled terms when ``unl``).
+
+    Labeled and unlabeled windows go through each model in ONE forward pass, so BatchNorm
+    sees both (reference semantics)."""
+    x = batch["kp2d"].to(device, non_blocking=True)
+    y = batch["pose3d"].to(device, non_blocking=True)
+    valid = batch["target_valid"].to(device, non_blocking=True)
+    n_lab = x.shape[0]
+    if unl is not None:
+        x = torch.cat([x, unl["kp2d"].to(device, non_blocking=True)])
+    pred = model(x)
+    loss_pos = mpjpe_loss(pred[:n_lab][valid], y[valid])
+    loss, parts = loss_pos, {"pos": float(loss_pos.detach())}
+    if traj_model is not None:
+        traj_pred = traj_model(x)
+        traj = batch["traj"].to(device, non_blocking=True)
+        w = 1.0 / traj[..., 2].clamp_min(1e-3)  # far subjects count less
+        loss_traj = weighted_mpjpe_loss(traj_pred[:n_lab][valid], traj[valid], w[valid])
+        loss = loss + loss_traj
+        parts["traj"] = float(loss_traj.detach())
+        if unl is not None:
+            terms = semi_supervised_terms(
+                pred[:n_lab], pred[n_lab:], traj_pred[n_lab:],
+                unl["kp2d_target"].to(device, non_blocking=True),
+                unl["camera"].to(device, non_blocking=True), parents, valid_lab=valid,
+                valid_unl=unl["target_valid"].to(device, non_blocking=True),
+                linear=cfg.linear_projection)
+            parts["proj_2d"] = float(terms["projection"].detach())
+            parts["bone"] = float(terms["bone"].detach())
+            if cfg.projection_term:
+                loss = loss + terms["projection"]
+            if cfg.bone_length_term:
+                loss = loss + terms["bone"]
+    return loss, parts
+
+
 def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
-    """Train (or resume) a lifter as configured; returns a summary dict (also written as JSON)."""
+    """Train (or resume) a lifter as configured; returns a summary dict (also written as JSON).
+
+    Semi-supervised when ``cfg.unlabeled_subjects`` is set (needs ``trajectory`` and camera
+    intrinsics, i.e. Human3.6M): see :mod:`poselift.lifting.semi_supervised`.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
@@ -95,23 +172,20 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     _seed_everything(cfg.seed)
 
-    # As the reference: ``subset`` thins the training split only, ``downsample`` both.
-    train = LiftData.open(cfg.gt_cache, cfg.keypoints_cache, cfg.train_subjects, cfg.actions,
-                          subset=cfg.subset, downsample=cfg.downsample)
-    test = (LiftData.open(cfg.gt_cache, cfg.keypoints_cache, cfg.test_subjects, cfg.actions,
-                          downsample=cfg.downsample)
-            if cfg.test_subjects and cfg.eval_every else None)
-    j_in = get_joint_set(train.joints_in).num_joints
-    j_out = get_joint_set(train.joints_out).num_joints
+    train, test = _open_splits(cfg)
+    js_out = get_joint_set(train.joints_out)
+    j_in, j_out = get_joint_set(train.joints_in).num_joints, js_out.num_joints
     model_train, model_eval = build_lifters(cfg, j_in, j_out)
     traj_train = traj_eval = None
     if cfg.trajectory:
         traj_train, traj_eval = build_lifters(cfg, j_in, j_out, num_out=1)
     pad = (model_eval.receptive_field() - 1) // 2
     shift = pad if cfg.causal else 0
+    frames_per_batch = max(1, cfg.batch_size // cfg.chunk)
     windows = train.windows(left=pad + shift, right=pad - shift, chunk=cfg.chunk)
     ds = train.dataset(windows, flip="double" if cfg.flip_train else None,
                        with_trajectory=cfg.trajectory)
+    unlabeled = _open_unlabeled(cfg, train, pad, shift, frames_per_batch)
     params = list(model_train.parameters()) + (list(traj_train.parameters()) if traj_train else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, amsgrad=True)
     models = [m for m in (model_train, traj_train) if m is not None]
@@ -119,6 +193,8 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
         m.to(device)
 
     fingerprints = {"gt_cache": train.gt.content_fingerprint, "keypoints_cache": train.kp.content_fingerprint}
+    data_info = {"dataset": train.gt.header.dataset, "joints_in": train.joints_in,
+                 "joints_out": train.joints_out}
     last = out / "last.pt"
     start_epoch, lr, history = 0, cfg.lr, []
     if resume and last.exists():
@@ -129,6 +205,11 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
         model_train.load_state_dict(ck["state_dict"])
         if traj_train is not None:
             traj_train.load_state_dict(ck["extra"]["traj_state_dict"])
+        if unlabeled is not None:
+            if not ck["extra"].get("unlabeled_stream"):
+                raise RuntimeError(f"{last}: was trained without unlabeled subjects; cannot resume "
+                                   f"it semi-supervised (use another --out-dir)")
+            unlabeled.load_state_dict(ck["extra"]["unlabeled_stream"])
         optimizer.load_state_dict(ck["optimizer"])
         start_epoch, lr, history = ck["epoch"], ck["extra"]["lr"], ck["extra"]["history"]
         torch.set_rng_state(ck["extra"]["torch_rng"])
@@ -137,44 +218,49 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
                                                    cfg.bn_momentum_end))
         print(f"resumed from {last} at epoch {start_epoch}")
 
-    frames_per_batch = max(1, cfg.batch_size // cfg.chunk)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         for g in optimizer.param_groups:
             g["lr"] = lr
         rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume-exact
         order = rng.permutation(len(ds))
+        semi_on = unlabeled is not None and epoch >= cfg.warmup
         for m in models:
             m.train()
-        loss_sum, n_seen, data_time = 0.0, 0, 0.0
+        sums: dict[str, float] = {}
+        n_seen, data_time = 0, 0.0
         bar = tqdm(range(0, len(order), frames_per_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not cfg.progress, leave=False)
         for b0 in bar:
             td = time.perf_counter()
             batch = ds.get_batch(order[b0:b0 + frames_per_batch])
-            x = batch["kp2d"].to(device, non_blocking=True)
-            y = batch["pose3d"].to(device, non_blocking=True)
-            valid = batch["target_valid"].to(device)
+            unl = None
+            if unlabeled is not None:
+                # The stream advances every step (also in warm-up) as the reference's zip does.
+                unl = unlabeled.next_batch() if semi_on else unlabeled.skip()
             data_time += time.perf_counter() - td
-            pred = model_train(x)
-            loss = mpjpe_loss(pred[valid], y[valid])
-            if traj_train is not None:
-                traj = batch["traj"].to(device)
-                w = 1.0 / traj[..., 2].clamp_min(1e-3)  # far subjects count less
-                loss = loss + weighted_mpjpe_loss(traj_train(x)[valid], traj[valid], w[valid])
+            loss, parts = _train_step(batch, unl, model_train, traj_train, js_out.parents, cfg, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            n_seen += len(y)
-            bar.set_postfix(loss_mm=f"{loss_sum / n_seen * 1000:.1f}")
+            n = len(batch["kp2d"])
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            n_seen += n
+            bar.set_postfix(loss_mm=f"{sums['pos'] / n_seen * 1000:.1f}")
         lr *= cfg.lr_decay
         for m in models:
             m.set_bn_momentum(bn_momentum_schedule(epoch + 1, cfg.epochs, cfg.bn_momentum_start,
                                                    cfg.bn_momentum_end))
-        rec = {"epoch": epoch + 1, "train_mpjpe_mm": loss_sum / max(n_seen, 1) * 1000,
-               "seconds": time.perf_counter() - t0, "data_seconds": data_time,
-               "examples_per_s": n_seen / max(time.perf_counter() - t0, 1e-9)}
+        seconds = time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, "train_mpjpe_mm": sums.get("pos", 0.0) / max(n_seen, 1) * 1000,
+               "seconds": seconds, "data_seconds": data_time,
+               "examples_per_s": n_seen / max(seconds, 1e-9)}
+        if "traj" in sums:
+            rec["train_traj_mm"] = sums["traj"] / max(n_seen, 1) * 1000
+        if "proj_2d" in sums:  # normalised screen units x 1000, as the reference prints
+            rec["train_2d_unlabeled"] = sums["proj_2d"] / max(n_seen, 1) * 1000
+            rec["train_bone_mm"] = sums["bone"] / max(n_seen, 1) * 1000
         if test is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
                                                     or epoch + 1 == cfg.epochs):
             model_eval.load_state_dict(model_train.state_dict())
@@ -183,9 +269,10 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
                 evaluate_lifter(model_eval, test, device, flip=cfg.flip_test, causal=cfg.causal), test)
         history.append(rec)
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}))
-        extra = {"lr": lr, "history": history, "torch_rng": torch.get_rng_state(),
+        extra = {"lr": lr, "history": history, "torch_rng": torch.get_rng_state(), **data_info,
                  "traj_state_dict": traj_train.state_dict() if traj_train is not None else None,
-                 "traj_args": traj_eval.constructor_args() if traj_eval is not None else None}
+                 "traj_args": traj_eval.constructor_args() if traj_eval is not None else None,
+                 "unlabeled_stream": unlabeled.state_dict() if unlabeled is not None else None}
         ck_kw = dict(model_name="videopose3d", model_args={**model_eval.constructor_args(), "dense": cfg.dense},
                      state_dict=model_train.state_dict(), config=config_to_dict(cfg),
                      cache_fingerprints=fingerprints, epoch=epoch + 1,
@@ -196,7 +283,8 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
 
     summary = {"out_dir": str(out), "checkpoint": str(last), "epochs": cfg.epochs, "history": history,
                "receptive_field": model_eval.receptive_field(),
-               "parameters": sum(p.numel() for p in model_eval.parameters())}
+               "parameters": sum(p.numel() for p in model_eval.parameters()),
+               "semi_supervised": unlabeled is not None, **data_info}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
