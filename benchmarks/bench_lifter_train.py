@@ -36,7 +36,7 @@ from poselift.datasets.joints import get_joint_set
 from poselift.lifting.config import LiftConfig
 from poselift.lifting.lift_data import LiftData
 from poselift.lifting.losses import mpjpe_loss
-from poselift.lifting.strided_conv1d import StridedConv1dModel
+
 from poselift.lifting.temporal_conv import TemporalModelOptimized1f, receptive_field_of
 
 CONFIGS = {
@@ -169,8 +169,8 @@ def run_config(name: str, root: Path, steps: int, batch: int | None, device: tor
     kw = dict(num_joints_in=j_in, in_features=2, num_joints_out=j_in, filter_widths=widths,
               causal=False, dropout=0.25, channels=1024)
     torch.manual_seed(0)
-    gemm = TemporalModelOptimized1f(**kw)
-    conv = StridedConv1dModel(**kw)
+    gemm = TemporalModelOptimized1f(**kw, impl="gemm")
+    conv = TemporalModelOptimized1f(**kw, impl="conv")
     conv.load_state_dict(gemm.state_dict())
     warm = 2
     (d_g, m_g), (d_c, m_c) = step_times([gemm, conv], ds, order, batch, steps, warm, device)

@@ -243,13 +243,26 @@ class TemporalModelOptimized1f(TemporalModelBase):
     Same state_dict keys and shapes; each dilated conv becomes a conv with
     stride = kernel = w_i, so only the single output frame is computed.
     Input (B, RF, J_in, F) -> output (B, 1, J_out, 3).
+
+    ``impl`` picks how the strided layers run (same numbers either way, tests compare):
+    ``"conv"`` channels-first ``conv1d`` + ``BatchNorm1d`` (the reference's form; oneDNN
+    kernels), ``"gemm"`` time-major reshapes + one matmul per layer, ``"auto"`` = GEMM for
+    up to three levels (27 frames) and conv above. Measured on the 2-core CPU, one
+    interleaved run, forward + backward + Adam (docs/benchmarks.md): 27 frames x 1024
+    channels, batch 128: GEMM 1.27x faster; 243 frames: conv 1.2-3x faster (its batch
+    norm over (B, C, T) is much cheaper than over (B*T, C)).
     """
+
+    IMPLS = ("auto", "conv", "gemm")
 
     def __init__(self, num_joints_in: int, in_features: int, num_joints_out: int,
                  filter_widths: Sequence[int], causal: bool = False, dropout: float = 0.25,
-                 channels: int = 1024) -> None:
+                 channels: int = 1024, impl: str = "auto") -> None:
         super().__init__(num_joints_in, in_features, num_joints_out, filter_widths,
                          causal, dropout, channels)
+        if impl not in self.IMPLS:
+            raise ValueError(f"impl must be one of {self.IMPLS}, got {impl!r}")
+        self.impl = ("gemm" if len(self.filter_widths) <= 3 else "conv") if impl == "auto" else impl
         widths = self.filter_widths
         self.expand_conv = nn.Conv1d(num_joints_in * in_features, channels, widths[0],
                                      stride=widths[0], bias=False)
@@ -277,12 +290,25 @@ class TemporalModelOptimized1f(TemporalModelBase):
         return super().forward(x)
 
     def _forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_gemm(x) if self.impl == "gemm" else self._forward_conv(x)
+
+    def _forward_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, RF) -> (B, 3*J_out, 1), channels first, strided conv1d."""
+        x = self.drop(self.relu(self.expand_bn(self.expand_conv(x))))
+        for i in range(1, len(self.pad)):
+            w = self.filter_widths[i]
+            # Centre (or, causal, last) frame of every stride window.
+            res = x[:, :, self.causal_shift[i] + w // 2:: w]
+            x = self.drop(self.relu(self.layers_bn[2 * i - 2](self.layers_conv[2 * i - 2](x))))
+            x = res + self.drop(self.relu(self.layers_bn[2 * i - 1](self.layers_conv[2 * i - 1](x))))
+        return self.shrink(x)
+
+    def _forward_gemm(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, RF) -> (B, 3*J_out, 1).
 
         Every conv here has stride == kernel, so it is a reshape of non-overlapping time
-        windows followed by one GEMM; running it time-major as ``(B, T, C) @ W`` instead
-        of ``conv1d`` is numerically the same (tests compare the two) and 1.3-2.7x faster
-        on CPU, where small strided conv1d calls are dominated by overhead.
+        windows followed by one GEMM; small models spend less time in per-call overhead
+        this way than in conv1d.
         """
         B = x.shape[0]
         h = x.transpose(1, 2)  # (B, T, C_in), time-major
@@ -303,8 +329,10 @@ class TemporalModelOptimized1f(TemporalModelBase):
         """Conv1d with stride == kernel on time-major (B, T, C_in) -> (B, T // k, C_out)."""
         c_out, c_in, k = conv.weight.shape
         b, t = h.shape[0], h.shape[1] // k
-        windows = h.reshape(b, t, k, c_in).transpose(2, 3).reshape(b, t, c_in * k)
-        return windows @ conv.weight.reshape(c_out, c_in * k).t()
+        # A window of k frames is contiguous in time-major memory: (frame, channel) order.
+        # Permuting the (small) weight to that order avoids copying the activations.
+        windows = h.reshape(b, t, k * c_in)
+        return windows @ conv.weight.permute(0, 2, 1).reshape(c_out, k * c_in).t()
 
     @staticmethod
     def _bn(h: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:

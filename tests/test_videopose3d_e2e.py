@@ -20,7 +20,7 @@ from poselift.lifting.config import LiftConfig, load_config
 from poselift.lifting.infer_lifter import predict_sequence
 from poselift.lifting.lift_data import LiftData
 from poselift.lifting.lift_eval import evaluate_checkpoint, lifter_records, load_lifter
-from poselift.lifting.strided_conv1d import StridedConv1dModel
+from poselift.lifting.temporal_conv import TemporalModelOptimized1f
 from poselift.lifting.temporal_conv import TemporalModel, TemporalModelOptimized1f
 from poselift.lifting.train_lifter import evaluate_lifter, train_lifter
 from poselift.lifting.videopose3d_ckpt import export_videopose3d, load_videopose3d
@@ -199,8 +199,8 @@ def test_gemm_strided_model_matches_conv1d_in_train_mode(causal: bool) -> None:
     kw = dict(num_joints_in=5, in_features=2, num_joints_out=4, filter_widths=[3, 3, 3],
               causal=causal, dropout=0.0, channels=24)
     torch.manual_seed(0)  # float64: the two differ only by summation order
-    gemm = TemporalModelOptimized1f(**kw).double()
-    conv = StridedConv1dModel(**kw).double()
+    gemm = TemporalModelOptimized1f(**kw, impl="gemm").double()
+    conv = TemporalModelOptimized1f(**kw, impl="conv").double()
     with torch.no_grad():  # non-trivial BN parameters and statistics
         for bn in [gemm.expand_bn, *gemm.layers_bn]:
             bn.weight.uniform_(0.5, 1.5)
