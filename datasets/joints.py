@@ -266,3 +266,43 @@ OPENPOSE18 = JointSet(
 for _js in (INSTA25, OPENPOSE18):
     JOINT_SETS[_js.name] = _js
 __all__ += ["INSTA25", "OPENPOSE18"]
+
+
+# PoseTrack 2017/2018 (FAMI-Pose / DCPose output order): COCO-like, but joints 1 and 2 are the
+# head bottom (neck) and head top instead of the eyes; ears are not annotated.
+POSETRACK17 = JointSet(
+    name="posetrack17",
+    names=("nose", "head_bottom", "head_top", "l_ear", "r_ear", "l_shoulder", "r_shoulder",
+           "l_elbow", "r_elbow", "l_wrist", "r_wrist", "l_hip", "r_hip", "l_knee", "r_knee",
+           "l_ankle", "r_ankle"),
+    parents=(1, -1, 0, 1, 1, 1, 1, 5, 6, 7, 8, 5, 6, 11, 12, 13, 14),
+    left=(3, 5, 7, 9, 11, 13, 15),
+    right=(4, 6, 8, 10, 12, 14, 16),
+    root=1,
+)
+
+
+def _halpe136() -> JointSet:
+    """Halpe full body: 0-25 Halpe-26, 26-93 68 face points, 94-114 left / 115-135 right hand."""
+    face = tuple(f"face_{i}" for i in range(68))
+    hands = tuple(f"{s}_hand_{i}" for s in ("l", "r") for i in range(21))
+    # Hand tree: point 0 is the hand root (at the wrist), fingers are chains of 4 from it.
+    def hand(base: int, wrist: int) -> tuple[int, ...]:
+        return tuple(wrist if i == 0 else base if i % 4 == 1 else base + i - 1 for i in range(21))
+    parents = HALPE26.parents + (17,) * 68 + hand(94, 9) + hand(115, 10)
+    # AlphaPose's halpe_136 flip pairs (left member first where a side is defined).
+    pairs = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16), (20, 21),
+             (22, 23), (24, 25), (26, 42), (27, 41), (28, 40), (29, 39), (30, 38), (31, 37),
+             (32, 36), (33, 35), (43, 52), (44, 51), (45, 50), (46, 49), (47, 48), (62, 71),
+             (63, 70), (64, 69), (65, 68), (66, 73), (67, 72), (57, 61), (58, 60), (74, 80),
+             (75, 79), (76, 78), (87, 89), (93, 91), (86, 90), (85, 81), (84, 82))
+    pairs += tuple((94 + i, 115 + i) for i in range(21))
+    return JointSet(name="halpe136", names=HALPE26.names + face + hands, parents=parents,
+                    left=tuple(a for a, _ in pairs), right=tuple(b for _, b in pairs), root=19)
+
+
+HALPE136 = _halpe136()
+
+for _js in (POSETRACK17, HALPE136):
+    JOINT_SETS[_js.name] = _js
+__all__ += ["POSETRACK17", "HALPE136"]

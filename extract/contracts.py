@@ -1,20 +1,43 @@
 """Preprocessing contracts: how a backbone or estimator expects its crops to look.
 
-A contract is written into every cache's ``source.contract`` so that a cache alone says how its
-features were made; two caches whose contracts differ are not interchangeable.
+One class, :class:`PreprocessContract`, describes every model's input (feature backbones,
+AlphaPose FastPose/SIKR, FAMI-Pose/HRNet) and is written into every cache's
+``source.contract``, so a cache alone says how it was made; two caches whose contracts
+differ are not interchangeable. Pixel convention (one for everything): ``value_scale`` is a
+**divisor** (255 -> values in [0, 1]), then ``mean`` is subtracted and, unless ``std`` is
+None, the result is divided by ``std``.
+
+Crop geometry (``box_mode``):
+
+* ``"square"`` (TCMR/VIBE features): a square of side ``max(w, h) * bbox_scale`` around the
+  box centre, warped to ``crop_size`` x ``crop_size`` exactly as :mod:`.crops` builds it.
+* ``"aspect"`` (AlphaPose ``_box_to_center_scale``, HRNet ``_box2cs``): the short side of the
+  box grows until w/h equals the input's w/h, then both sides are scaled by ``bbox_scale``
+  (1.25); that *crop box* is warped to ``input_size`` (h, w) with the isotropic scale
+  ``s = W / crop_w`` and the crop-box centre landing on (W/2, H/2).
+
+Half-pixel convention (crop and decode share it): coordinates are pixel *indices* (integer k
+= centre of pixel k, no +0.5). ``cv2.warpAffine`` fills crop pixel k from image point
+``M^-1 k``; a model output cell u (stride r) is crop pixel ``u * r`` and maps back with
+``x = cx + (u - W_hm / 2) * crop_w / W_hm`` (AlphaPose's / HRNet's "w" affine). Because crop
+and decode use the same matrix, image -> crop -> image round trips are exact.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["PreprocessContract", "IMAGENET_MEAN", "IMAGENET_STD", "CONTRACTS"]
+from .crops import square_crop_affine, square_box
+
+__all__ = ["PreprocessContract", "IMAGENET_MEAN", "IMAGENET_STD", "CONTRACTS", "BOX_MODES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BOX_MODES = ("square", "aspect")
 
 
 @dataclass(frozen=True)
@@ -22,51 +45,131 @@ class PreprocessContract:
     """Crop and normalisation rules.
 
     Attributes:
-        crop_size: side of the square crop in pixels (224 for ResNet-50/HMR).
-        bbox_scale: the square box side is ``max(w, h) * bbox_scale`` (TCMR's "crop scale").
-        mean, std: per-channel normalisation applied after dividing by ``value_scale``,
-            in ``channel_order`` order.
+        crop_size: side of the square crop in pixels (224 for ResNet-50/HMR); ignored when
+            ``input_size`` is given.
+        bbox_scale: box enlargement (TCMR's "crop scale"; 1.25 for AlphaPose / HRNet).
+        mean, std: per-channel normalisation applied after dividing by ``value_scale``, in
+            ``channel_order`` order; ``std=None`` means no division (AlphaPose).
         channel_order: 'RGB' or 'BGR' (the model's input channel order; frames decode as BGR).
         value_scale: pixel values are divided by this first (255 -> values in [0, 1]).
         supporting_frames: offsets of extra frames an estimator reads around the key frame
-            (e.g. (-2, -1, 1, 2)); empty for single-frame backbones.
+            (e.g. (-2, -1, 1, 2)); empty for single-frame models.
         interpolation, border: how crops are resampled; recorded for provenance, the crop code
             implements exactly 'bilinear' with a 'constant-black' border.
+        input_size: (h, w) of a non-square model input (256x192 FastPose, 384x288 FAMI).
+        box_mode: 'square' or 'aspect' (see the module docstring).
+        heatmap_stride: model output stride for keypoint estimators (4), 0 for feature backbones.
+        joint_set: keypoint layout of an estimator's output, '' for feature backbones.
+        decode: one-line description of the keypoint decode (provenance only).
     """
 
     crop_size: int = 224
     bbox_scale: float = 1.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: tuple[float, float, float] | None = IMAGENET_STD
     channel_order: str = "RGB"
     value_scale: float = 255.0
     supporting_frames: tuple[int, ...] = field(default_factory=tuple)
     interpolation: str = "bilinear"
     border: str = "constant-black"
+    input_size: tuple[int, int] | None = None
+    box_mode: str = "square"
+    heatmap_stride: int = 0
+    joint_set: str = ""
+    decode: str = ""
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if int(self.crop_size) <= 0 or not self.bbox_scale > 0 or not self.value_scale > 0:
             raise ValueError(f"crop_size, bbox_scale and value_scale must be positive: {self}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+        if len(self.mean) != 3 or (self.std is not None and (len(self.std) != 3 or min(self.std) <= 0)):
             raise ValueError(f"mean/std need 3 entries and std > 0: mean={self.mean}, std={self.std}")
         if self.interpolation != "bilinear" or self.border != "constant-black":
             raise ValueError("only interpolation='bilinear' with border='constant-black' is implemented")
+        if self.box_mode not in BOX_MODES:
+            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {self.box_mode!r}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) <= 0):
+            raise ValueError(f"input_size must be (h, w) > 0, got {self.input_size}")
         # Normalise container types so equality and JSON round trips are exact.
-        object.__setattr__(self, "crop_size", int(self.crop_size))
-        object.__setattr__(self, "bbox_scale", float(self.bbox_scale))
-        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
-        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
-        object.__setattr__(self, "value_scale", float(self.value_scale))
-        object.__setattr__(self, "supporting_frames", tuple(int(x) for x in self.supporting_frames))
+        s = object.__setattr__
+        s(self, "crop_size", int(self.crop_size))
+        s(self, "bbox_scale", float(self.bbox_scale))
+        s(self, "mean", tuple(float(x) for x in self.mean))
+        s(self, "std", None if self.std is None else tuple(float(x) for x in self.std))
+        s(self, "value_scale", float(self.value_scale))
+        s(self, "supporting_frames", tuple(int(x) for x in self.supporting_frames))
+        s(self, "input_size", None if self.input_size is None else tuple(int(x) for x in self.input_size))
+        s(self, "heatmap_stride", int(self.heatmap_stride))
 
+    # -- geometry ------------------------------------------------------------------------
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """(h, w) of the model input."""
+        return self.input_size if self.input_size is not None else (self.crop_size, self.crop_size)
+
+    @property
+    def aspect_ratio(self) -> float:
+        """w / h of the model input (0.75 for 256x192)."""
+        h, w = self.crop_hw
+        return w / h
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """(h, w) of the output map of a keypoint estimator."""
+        if not self.heatmap_stride:
+            raise ValueError("this contract has no heatmap_stride (not a keypoint estimator)")
+        h, w = self.crop_hw
+        return h // self.heatmap_stride, w // self.heatmap_stride
+
+    def crop_box(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) detector xyxy -> (N, 4) float32 crop-box xyxy (the region the crop shows)."""
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        cx, cy = b[:, 0] + w * 0.5, b[:, 1] + h * 0.5
+        if self.box_mode == "square":
+            sw = sh = np.maximum(w, h) * np.float32(self.bbox_scale)
+        else:
+            a = np.float32(self.aspect_ratio)
+            # Widen or heighten whichever side is short of the target aspect (AlphaPose/HRNet).
+            new_w = np.where(w < a * h, h * a, w)
+            new_h = np.where(w > a * h, w / a, h)
+            dummy = cx == -1  # AlphaPose skips the enlargement for its (-1, -1, 0, 0) dummy box
+            f = np.where(dummy, np.float32(1.0), np.float32(self.bbox_scale))
+            sw, sh = new_w * f, new_h * f
+        x0, y0 = cx - sw * 0.5, cy - sh * 0.5
+        return np.stack([x0, y0, x0 + sw, y0 + sh], axis=1).astype(np.float32)
+
+    def crop_affine(self, box_xyxy: np.ndarray) -> np.ndarray:
+        """2x3 float64 matrix image px -> crop px for one detector box (4,)."""
+        if self.box_mode == "square":
+            return square_crop_affine(box_xyxy, scale=self.bbox_scale, out_size=self.crop_size)
+        square_box(box_xyxy)  # validates: finite, positive size (raises CropError)
+        cb = self.crop_box(box_xyxy)[0].astype(np.float64)
+        h, w = self.crop_hw
+        s = w / (cb[2] - cb[0])
+        cx, cy = (cb[0] + cb[2]) / 2.0, (cb[1] + cb[3]) / 2.0
+        return np.array([[s, 0.0, w / 2.0 - s * cx], [0.0, s, h / 2.0 - s * cy]])
+
+    def overlaps_image(self, box_xyxy: np.ndarray, image_size: tuple[int, int]) -> bool:
+        """Whether the crop region of the box overlaps the (width, height) image at all."""
+        cb = self.crop_box(box_xyxy)[0]
+        w, h = image_size
+        return bool(cb[2] > 0 and cb[3] > 0 and cb[0] < w and cb[1] < h)
+
+    # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict stored as the cache's ``source.contract``."""
         d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["mean"] = list(self.mean)
+        d["std"] = None if self.std is None else list(self.std)
         d["supporting_frames"] = list(self.supporting_frames)
+        d["input_size"] = None if self.input_size is None else list(self.input_size)
         return d
+
+    def to_attrs(self) -> dict[str, str]:
+        """Flat ``contract.<field>`` string attributes (JSON-encoded values)."""
+        return {f"contract.{k}": json.dumps(v) for k, v in self.to_dict().items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessContract":
@@ -75,28 +178,50 @@ class PreprocessContract:
             raise ValueError(f"unknown preprocessing contract field(s) {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-    def normalize(self, crops: torch.Tensor, rgb_input: bool = True) -> torch.Tensor:
-        """uint8 crops (B, H, W, 3) -> float32 model input (B, 3, H, W).
+    # -- pixels --------------------------------------------------------------------------
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+        std = None if self.std is None else torch.tensor(self.std, dtype=like.dtype,
+                                                         device=like.device).view(1, 3, 1, 1)
+        return mean, std
+
+    def normalize(self, crops: torch.Tensor | np.ndarray, rgb_input: bool = True) -> Any:
+        """uint8 crops (B, H, W, 3) tensor -> float32 model input (B, 3, H, W) tensor.
 
         ``rgb_input`` says which order the crops are in (the extraction workers hand over RGB).
         The result is channels_last in memory (a permuted NHWC tensor), which is what the
-        backbones want anyway; numerically this is ``(x / value_scale - mean) / std``, the same
-        order of operations as torchvision's ToTensor + Normalize.
+        models want anyway; numerically ``(x / value_scale - mean) / std``, the order of
+        torchvision's ToTensor + Normalize. A numpy array takes the numpy path
+        (:meth:`normalize_numpy`), including a single (H, W, 3) image -> (3, H, W).
         """
+        if isinstance(crops, np.ndarray):
+            single = crops.ndim == 3
+            out = self.normalize_numpy(crops[None] if single else crops, rgb_input)
+            return out[0] if single else out
         x = crops
         if (self.channel_order == "RGB") != rgb_input:
             x = x.flip(-1)
         x = x.permute(0, 3, 1, 2).float().div_(self.value_scale)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
+        mean, std = self._stats(x)
+        x = x.sub_(mean)
+        return x if std is None else x.div_(std)
 
-    def normalize_numpy(self, crops_rgb: np.ndarray) -> np.ndarray:
-        """Reference numpy version of ``normalize`` for RGB uint8 (B, H, W, 3) -> (B, 3, H, W)."""
-        x = crops_rgb if self.channel_order == "RGB" else crops_rgb[..., ::-1]
-        x = x.astype(np.float32) / np.float32(self.value_scale)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    def normalize_numpy(self, crops: np.ndarray, rgb_input: bool = True) -> np.ndarray:
+        """Reference numpy version of ``normalize``: (B, H, W, 3) -> (B, 3, H, W) float32.
+
+        Integer input is divided by ``value_scale``; float input is taken as already scaled.
+        """
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"normalize expects (B, H, W, 3) or (H, W, 3) crops, got shape {crops.shape}")
+        x = crops if (self.channel_order == "RGB") == rgb_input else crops[..., ::-1]
+        out = x.astype(np.float32)
+        if np.issubdtype(crops.dtype, np.integer):
+            out /= np.float32(self.value_scale)
+        out -= np.asarray(self.mean, np.float32)
+        if self.std is not None:
+            out /= np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 # Named presets from the reference pipelines (tcmr.md §3.1); the crop scale differs per dataset.

@@ -96,7 +96,7 @@ def test_resume_skips_committed_sequences_and_header_must_match(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     from poselift.datasets.cache import CacheWriter, CacheHeader
-    N = 150
+    N = 300
     hdr = CacheHeader(kind="features", dataset="unit", inputs_fingerprint="x")
     w = CacheWriter(sys.argv[1], hdr)
     i = 0
@@ -123,14 +123,14 @@ def test_sigkill_mid_write_then_resume_gives_the_uninterrupted_result(tmp_path):
         proc = subprocess.Popen([sys.executable, str(script), str(killed)], stdout=subprocess.PIPE,
                                 text=True, cwd=tmp_path)
         proc.stdout.readline()  # it is writing now
-        time.sleep(float(rng.uniform(0.0, 0.3)))
+        time.sleep(float(rng.uniform(0.0, 0.2)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         parts = tmp_path / "killed.h5.partial"
         if parts.exists() and not killed.exists():
-            interrupted += 1
             n_done = len(list(parts.glob("seq-*.h5")))
-            assert 0 < n_done < 150
+            assert 0 < n_done <= 300  # == 300: killed while finalising, also a valid moment
+            interrupted += n_done < 300
             with pytest.raises(IncompleteCacheError):
                 Cache(killed)
     assert interrupted >= 2, "the writer finished before it could be killed: test is not testing"
@@ -139,7 +139,7 @@ def test_sigkill_mid_write_then_resume_gives_the_uninterrupted_result(tmp_path):
     ref = tmp_path / "ref.h5"
     subprocess.run([sys.executable, str(script), str(ref)], check=True, cwd=tmp_path, capture_output=True)
     a, b = Cache(killed), Cache(ref)
-    assert a.ids == b.ids == [f"seq{i:04d}" for i in range(150)]
+    assert a.ids == b.ids == [f"seq{i:04d}" for i in range(300)]
     assert a.content_fingerprint == b.content_fingerprint
     assert verify_cache(killed).ok
 

@@ -1,77 +1,52 @@
-"""Preprocessing contract of AlphaPose FastPose (SIKR) crops, written into cache attributes.
+"""Preprocessing contracts of the 2D keypoint estimators, as :class:`PreprocessContract` presets.
 
-Crop: detector box xyxy -> centre and (w, h) corrected to aspect w/h = 0.75, times 1.25
-(``_box_to_center_scale``), warped to 256x192 (h x w). Pixels: RGB / 255 minus
-(0.406, 0.457, 0.480) per channel, **no std division**. The decode box is the crop box
-(:meth:`FastPoseContract.crop_box`).
+There is one contract class for the whole extraction stage (``poselift.extract.contracts``);
+this module only holds the estimator presets:
+
+* FastPose (AlphaPose SIKR): detector box expanded to w/h = 0.75 and x1.25
+  (``_box_to_center_scale``), 256x192 (h x w), RGB / 255 minus (0.406, 0.457, 0.480),
+  **no std division**, stride 4, decode = SIKR integral through the crop box.
+* FAMI-Pose (HRNet-W48): the same box rule, 384x288, RGB / 255 with ImageNet mean/std,
+  supporting frames (-2, -1, 1, 2) cropped with the key frame's box, decode = argmax plus a
+  quarter cell toward the higher neighbour (HRNet ``get_final_preds``).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from typing import Any
 
-import numpy as np
+from ..contracts import IMAGENET_MEAN, IMAGENET_STD, PreprocessContract
 
-__all__ = ["FastPoseContract", "FASTPOSE_CONTRACT"]
+__all__ = ["fastpose_contract", "famipose_contract", "FastPoseContract", "FASTPOSE_CONTRACT",
+           "FAMIPOSE_CONTRACT", "ESTIMATOR_CONTRACTS"]
 
-
-@dataclass(frozen=True)
-class FastPoseContract:
-    """What a FastPose crop must look like; ``to_attrs()`` goes into the cache."""
-
-    input_size: tuple[int, int] = (256, 192)       # (h, w)
-    heatmap_size: tuple[int, int] = (64, 48)       # (h, w), stride 4
-    channel_order: str = "RGB"
-    value_scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.406, 0.457, 0.480)
-    std: tuple[float, float, float] | None = None  # AlphaPose subtracts the mean only
-    bbox_scale: float = 1.25
-    aspect_ratio: float = 0.75                      # w / h
-    norm_type: str = "sigmoid"
-    decode: str = "sikr_integral; cell-centre indices (no +0.5); isotropic box_w/W about box centre"
-
-    def crop_box(self, boxes: np.ndarray) -> np.ndarray:
-        """(N, 4) detector xyxy -> (N, 4) float32 crop xyxy (aspect-corrected, scaled 1.25x)."""
-        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        w = b[:, 2] - b[:, 0]
-        h = b[:, 3] - b[:, 1]
-        cx = b[:, 0] + w * 0.5
-        cy = b[:, 1] + h * 0.5
-        a = self.aspect_ratio
-        # Widen or heighten whichever side is short of the target aspect, as upstream.
-        new_w = np.where(w < a * h, h * a, w)
-        new_h = np.where(w > a * h, w / a, h)
-        sw = new_w * self.bbox_scale
-        sh = new_h * self.bbox_scale
-        # Upstream skips the 1.25 factor for the (-1, -1, 0, 0) dummy box (centre x == -1).
-        dummy = cx == -1
-        sw = np.where(dummy, new_w, sw)
-        sh = np.where(dummy, new_h, sh)
-        x0 = cx - sw * 0.5
-        y0 = cy - sh * 0.5
-        return np.stack([x0, y0, x0 + sw, y0 + sh], axis=1).astype(np.float32)
-
-    def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """(h, w, 3) RGB crop (uint8 0..255 or float) -> (3, h, w) float32 network input.
-
-        Integer input is always divided by 255; float input is taken as already scaled.
-        Upstream divides only when the crop's max is > 1, so an all-0/1 (near-black) uint8
-        crop stays unscaled there: a known quirk we do not reproduce.
-        """
-        x = np.asarray(rgb)
-        if x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"normalize expects an (h, w, 3) RGB crop, got shape {x.shape}")
-        out = x.astype(np.float32)
-        if np.issubdtype(x.dtype, np.integer):
-            out *= self.value_scale
-        out -= np.asarray(self.mean, dtype=np.float32)
-        if self.std is not None:
-            out /= np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
-
-    def to_attrs(self) -> dict[str, str]:
-        """Flat string attributes for an HDF5 cache (JSON-encoded values)."""
-        return {f"contract.{k}": json.dumps(v) for k, v in asdict(self).items()}
+SIKR_DECODE = "sikr_integral; cell-centre indices (no +0.5); isotropic crop_w/W_hm about crop-box centre"
+FAMI_DECODE = ("argmax + 0.25 cell toward the higher neighbour (only 1 < idx < size-1, HRNet); "
+               "cell-centre indices (no +0.5); isotropic crop_w/W_hm about crop-box centre")
 
 
-FASTPOSE_CONTRACT = FastPoseContract()
+def fastpose_contract(**overrides: Any) -> PreprocessContract:
+    """AlphaPose FastPose crop contract (keyword overrides, e.g. ``joint_set='halpe26'``)."""
+    base = dict(input_size=(256, 192), box_mode="aspect", bbox_scale=1.25,
+                mean=(0.406, 0.457, 0.480), std=None, value_scale=255.0, channel_order="RGB",
+                heatmap_stride=4, joint_set="coco17", decode=SIKR_DECODE)
+    return PreprocessContract(**{**base, **overrides})
+
+
+def famipose_contract(**overrides: Any) -> PreprocessContract:
+    """FAMI-Pose (HRNet) crop contract with supporting frames (-2, -1, 1, 2)."""
+    base = dict(input_size=(384, 288), box_mode="aspect", bbox_scale=1.25, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, value_scale=255.0, channel_order="RGB", heatmap_stride=4,
+                supporting_frames=(-2, -1, 1, 2), joint_set="posetrack17", decode=FAMI_DECODE)
+    return PreprocessContract(**{**base, **overrides})
+
+
+# Former name of the FastPose preset (it used to be its own class with value_scale as a
+# 1/255 multiplier; now it is the shared class with value_scale = 255 as a divisor).
+FastPoseContract = fastpose_contract
+
+FASTPOSE_CONTRACT = fastpose_contract()
+FAMIPOSE_CONTRACT = famipose_contract()
+ESTIMATOR_CONTRACTS: dict[str, PreprocessContract] = {
+    "sikr": FASTPOSE_CONTRACT,
+    "famipose": FAMIPOSE_CONTRACT,
+}
