@@ -12,7 +12,6 @@ folder; every other key must match the model exactly (name and shape).
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
 from poselift.lifting.smpl_model import build_spin_smpl, load_extra_regressor
 from poselift.lifting.tcmr import TCMR, VIBE
 
@@ -34,18 +34,6 @@ class CheckpointError(ValueError):
     """A checkpoint is unsafe, malformed or does not fit the model; names file and key."""
 
 
-def _numpy_safe_globals() -> list[Any]:
-    """The globals a pickled numpy scalar needs, under numpy-2 and numpy-1 module names."""
-    import numpy._core.multiarray as ma
-    out: list[Any] = [ma.scalar, (ma.scalar, "numpy.core.multiarray.scalar"), np.dtype,
-                      (ma._reconstruct, "numpy.core.multiarray._reconstruct"), ma._reconstruct,
-                      np.ndarray]
-    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
-        if hasattr(np.dtypes, name):
-            out.append(getattr(np.dtypes, name))
-    return out
-
-
 def read_tcmr_checkpoint(path: str | Path, *, trust_pickle: bool = False,
                          map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """torch.load a TCMR/VIBE checkpoint safely; returns the top-level dict.
@@ -56,16 +44,11 @@ def read_tcmr_checkpoint(path: str | Path, *, trust_pickle: bool = False,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        if trust_pickle:
-            ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        else:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused to unpickle (a global outside the weights-only allow-list; pass "
-            f"trust_pickle=True only for files you trust): {str(err).splitlines()[-1]}"
-        ) from err
+        # numpy float64 ``performance`` and friends are on the shared allow-list
+        ckpt = safe_torch_load(path, map_location=map_location, trust=trust_pickle)
+    except UnsafePickleError as err:
+        raise CheckpointError(f"{err} (TCMR/VIBE checkpoints need trust only if they are not "
+                              f"plain training checkpoints)") from err
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
     if not isinstance(ckpt, Mapping):

@@ -121,7 +121,7 @@ def build_tcmr(cfg: TCMRConfig) -> TCMR:
 
 
 def _load_spin_regressor(model: TCMR, path: str) -> None:
-    from .safe_pickle import safe_torch_load
+    from poselift.datasets.safe_pickle import safe_torch_load
 
     ck = safe_torch_load(path)
     sd = ck.get("model", ck) if isinstance(ck, dict) else None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poselift.lifting.safe_pickle import safe_torch_load
+from poselift.datasets.safe_pickle import safe_torch_load
 from poselift.lifting.temporal_conv import TemporalModel, TemporalModelBase, validate_filter_widths
 
 __all__ = [

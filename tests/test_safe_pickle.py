@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from poselift.lifting.safe_pickle import UnsafePickleError, safe_pickle_load, safe_torch_load
+from poselift.datasets.safe_pickle import UnsafePickleError, safe_pickle_load, safe_torch_load
 
 
 class _Evil:

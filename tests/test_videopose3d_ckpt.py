@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from poselift.lifting.safe_pickle import UnsafePickleError, allowed_global_names, safe_torch_load
+from poselift.datasets.safe_pickle import UnsafePickleError, allowed_global_names, safe_torch_load
 from poselift.lifting.temporal_conv import TemporalModel, TemporalModelOptimized1f
 from poselift.lifting.videopose3d_ckpt import (
     CheckpointFormatError,

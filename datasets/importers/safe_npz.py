@@ -19,69 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ..safe_pickle import UnsafePickleError, safe_pickle_load
+
 __all__ = ["UnsafePickleError", "NpzFormatError", "load_npz_member", "npz_members", "sha256_file"]
 
 
 class NpzFormatError(ValueError):
     """The file is not a readable ``.npz`` archive or lacks a member."""
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the allow-list; nothing was executed."""
-
-
-def _numpy_module(name: str) -> Any:
-    """``numpy._core.<name>`` (numpy 2) or ``numpy.core.<name>`` (numpy 1.x)."""
-    import importlib
-
-    for base in ("numpy._core", "numpy.core"):
-        try:
-            return importlib.import_module(f"{base}.{name}")
-        except ImportError:
-            continue
-    raise ImportError(f"cannot import numpy core module {name!r}")
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    multiarray = _numpy_module("multiarray")
-    numeric = _numpy_module("numeric")
-    safe = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar,
-            "_frombuffer": getattr(numeric, "_frombuffer", None)}
-    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
-                                       ("numpy", "dtype"): np.dtype}
-    # Files written by numpy 1.x name numpy.core.*, numpy 2 names numpy._core.*.
-    for base in ("numpy.core", "numpy._core"):
-        out[(f"{base}.multiarray", "_reconstruct")] = safe["_reconstruct"]
-        out[(f"{base}.multiarray", "scalar")] = safe["scalar"]
-        if safe["_frombuffer"] is not None:
-            out[(f"{base}.numeric", "_frombuffer")] = safe["_frombuffer"]
-    # dtype pickles of numpy 2 name the concrete DType classes (numpy.dtypes.Float32DType).
-    import numpy.dtypes as npd
-
-    for name in dir(npd):
-        obj = getattr(npd, name)
-        if isinstance(obj, type) and issubclass(obj, np.dtype) and name != "ObjectDType":
-            out[("numpy.dtypes", name)] = obj
-    return out
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, fp: Any, where: str) -> None:
-        super().__init__(fp, encoding="latin1")  # files of Python-2-era tools decode too
-        self._where = where
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = self._allowed.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(
-                f"{self._where}: refused to unpickle global '{module}.{name}' (only numpy "
-                f"arrays, dtypes and scalars are allowed); if you made this file yourself, "
-                f"pass trust_pickle=True (--trust-pickle)")
-        return obj
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self._where}: refused a persistent id in the pickle")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -131,7 +75,7 @@ def load_npz_member(path: str | os.PathLike, key: str, *, trust_pickle: bool = F
         if trust_pickle:
             arr = pickle.load(fp, encoding="latin1")  # noqa: S301 - explicit opt-in
         else:
-            arr = _RestrictedUnpickler(fp, where).load()
+            arr = safe_pickle_load(fp, source=where, encoding="latin1")
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated or malformed pickle data

@@ -65,15 +65,13 @@ DB_SPECS: dict[str, DBSpec] = {
 def _allowed_globals() -> dict[str, Any]:
     from joblib.numpy_pickle import NumpyArrayWrapper
 
-    from .safe_npz import _allowed_globals as npz_globals
+    from ..safe_pickle import plain_safe_globals
 
-    allowed = {f"{m}.{n}": obj for (m, n), obj in npz_globals().items()}
+    allowed = plain_safe_globals()  # numpy arrays/scalars/dtypes, plain containers
     allowed["joblib.numpy_pickle.NumpyArrayWrapper"] = NumpyArrayWrapper
     allowed["numpy.memmap"] = np.memmap
     allowed["numpy.core.memmap.memmap"] = np.memmap
     allowed["numpy._core.memmap.memmap"] = np.memmap
-    allowed["_codecs.encode"] = __import__("_codecs").encode
-    allowed["collections.OrderedDict"] = __import__("collections").OrderedDict
     return allowed
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from ..cache import CacheHeader, CacheWriter
-from .safe_npz import _RestrictedUnpickler
+from ..safe_pickle import safe_pickle_load
 from .tcmr_db import ImportSummary, TCMRImportError, file_fingerprint
 
 __all__ = ["read_3dpw_sequence", "import_3dpw_sequences"]
@@ -32,28 +32,14 @@ __all__ = ["read_3dpw_sequence", "import_3dpw_sequences"]
 SPLIT_DIRS = {"train": "train", "validation": "val", "test": "test"}
 
 
-class _Py2Unpickler(_RestrictedUnpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("_codecs", "encode"):  # bytes in protocol-2 pickles
-            return _latin1_encode
-        return super().find_class(module, name)
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    if encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"unexpected bytes encoding {encoding!r}")
-    return text.encode("latin1")
-
-
 def read_3dpw_sequence(path: str | os.PathLike, *, trust: bool = False) -> dict[str, Any]:
     """Load one sequence pickle; refused globals raise an error naming the file."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        try:
-            data = (pickle.load(fh, encoding="latin1") if trust
-                    else _Py2Unpickler(fh, str(path)).load())
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise TCMRImportError(f"{path}: {e}") from e
+    try:
+        # Python-2 pickles of numpy arrays: latin1 strings, bytes via _codecs.encode
+        data = safe_pickle_load(path, encoding="latin1", trust=trust)
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise TCMRImportError(f"{path}: {e}") from e
     if not isinstance(data, dict):
         raise TCMRImportError(f"{path}: expected a dict, got {type(data).__name__}")
     return data

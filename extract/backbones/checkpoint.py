@@ -1,43 +1,25 @@
 """Safe reading of foreign checkpoints and strict key matching with messages that name keys.
 
-``torch.load`` runs with ``weights_only=True`` plus an allow-list of exactly the numpy objects
-that reference checkpoints contain (numpy scalars such as TCMR's ``performance``, arrays,
-dtypes). Anything else in the pickle - in particular a global that would run code - is refused
-with ``CheckpointError`` naming the file; ``trust=True`` is the explicit opt-in to full unpickling.
+Loading goes through ``poselift.datasets.safe_pickle.safe_torch_load`` (``weights_only=True``
+plus the numpy objects reference checkpoints contain); a refused global becomes a
+``CheckpointError`` naming the file; ``trust=True`` is the explicit opt-in to full unpickling.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "file_sha256", "check_keys", "NUMPY_SAFE_GLOBALS"]
+from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
+
+__all__ = ["CheckpointError", "load_checkpoint", "file_sha256", "check_keys"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model; names file and keys."""
-
-
-def _numpy_safe_globals() -> list[Any]:
-    from numpy._core import multiarray
-
-    out: list[Any] = [multiarray.scalar, multiarray._reconstruct, np.dtype, np.ndarray,
-                      # numpy < 2 wrote the old module path into pickles
-                      (multiarray.scalar, "numpy.core.multiarray.scalar"),
-                      (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
-    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType",
-                 "UInt8DType", "BoolDType"):
-        if hasattr(np.dtypes, name):
-            out.append(getattr(np.dtypes, name))
-    return out
-
-
-NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -57,15 +39,9 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: checkpoint file is empty (zero bytes)")
     try:
-        if trust:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{p}: refused to unpickle: the file contains objects outside the allow-list (tensors, "
-            f"containers, numpy scalars/arrays). Pass trust=True (--trust-checkpoint) only for a file "
-            f"you trust; the loader said: {str(e).splitlines()[0]}") from e
+        return safe_torch_load(p, map_location="cpu", trust=trust)
+    except UnsafePickleError as e:
+        raise CheckpointError(f"{e} (allowed: tensors, containers, numpy scalars/arrays)") from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{p}: not a readable torch checkpoint ({e})") from e
 

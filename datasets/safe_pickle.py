@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "NUMPY_SAFE_GLOBALS", "UnsafePickleError", "allowed_global_names", "safe_pickle_load",
+    "NUMPY_SAFE_GLOBALS", "UnsafePickleError", "allowed_global_names", "plain_safe_globals",
+    "safe_pickle_load",
     "safe_torch_load",
 ]
 
@@ -65,6 +66,8 @@ def _numpy_safe_globals() -> list[SafeGlobal]:
     for name in ("_reconstruct", "scalar"):
         fn = getattr(core, name)
         out += [(fn, f"numpy._core.multiarray.{name}"), (fn, f"numpy.core.multiarray.{name}")]
+    frombuffer = np._core.numeric._frombuffer  # arrays pickled with protocol 5 buffers
+    out += [(frombuffer, "numpy._core.numeric._frombuffer"), (frombuffer, "numpy.core.numeric._frombuffer")]
     out += [
         (np.ndarray, "numpy.ndarray"),
         (np.dtype, "numpy.dtype"),
@@ -165,9 +168,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(self._source, f"persistent id {pid!r}")
 
 
-def safe_pickle_load(path: str | os.PathLike[str], *, extra_globals: Sequence[Any] = (),
-                     trust: bool = False, encoding: str = "ASCII") -> Any:
-    """Load a plain pickle file allowing only builtins, numpy arrays/scalars/RandomState.
+def safe_pickle_load(path: str | os.PathLike[str] | BinaryIO, *, extra_globals: Sequence[Any] = (),
+                     trust: bool = False, encoding: str = "ASCII", source: str | None = None) -> Any:
+    """Load a plain pickle (a file path, or an open binary file with ``source`` naming it in
+    errors) allowing only builtins, numpy arrays/scalars/RandomState.
 
     Every global (including those inside object arrays) passes ``find_class``,
     so object arrays are accepted: their items obey the same allow-list.
@@ -175,13 +179,26 @@ def safe_pickle_load(path: str | os.PathLike[str], *, extra_globals: Sequence[An
     ``encoding="latin1"`` reads Python-2 numpy pickles. ``trust=True`` uses
     full unpickling. Raises :class:`UnsafePickleError` naming file and global.
     """
-    source = os.fspath(path)
-    with Path(source).open("rb") as fh:
-        if trust:
-            return pickle.load(fh, encoding=encoding)
-        allowed = dict(_PLAIN_SAFE)
-        allowed.update({name: obj for obj, name in (_as_pair(g) for g in extra_globals)})
-        return _RestrictedUnpickler(fh, source, allowed, encoding).load()
+    if not isinstance(path, (str, os.PathLike)):
+        return _load_fileobj(path, source or getattr(path, "name", "<stream>"), extra_globals,
+                             trust, encoding)
+    with Path(os.fspath(path)).open("rb") as fh:
+        return _load_fileobj(fh, source or os.fspath(path), extra_globals, trust, encoding)
+
+
+def _load_fileobj(fh: BinaryIO, source: str, extra_globals: Sequence[Any], trust: bool,
+                  encoding: str) -> Any:
+    if trust:
+        return pickle.load(fh, encoding=encoding)  # noqa: S301 - explicit opt-in
+    allowed = dict(_PLAIN_SAFE)
+    allowed.update({name: obj for obj, name in (_as_pair(g) for g in extra_globals)})
+    return _RestrictedUnpickler(fh, source, allowed, encoding).load()
+
+
+def plain_safe_globals() -> dict[str, Any]:
+    """Dotted name -> object map the restricted plain unpickler accepts (a copy: extend it
+    for format-specific needs, e.g. joblib's array wrapper)."""
+    return dict(_PLAIN_SAFE)
 
 
 def allowed_global_names() -> list[str]:
