@@ -20,17 +20,31 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="poselift-train", description=__doc__.splitlines()[0])
+def run_subcommands(prog: str, description: str, commands: dict[str, tuple[Callable, Callable, str]],
+                    argv: Sequence[str] | None, extra: Callable[[argparse._SubParsersAction], None] | None = None
+                    ) -> int:
+    """Parse ``argv`` into one of ``commands`` and run it; known input errors become one
+    ``error:`` line naming the command (exit 2) instead of a traceback."""
+    from poselift.datasets.cache import CacheError
+
+    from .checkpoint import CheckpointError
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, (add, _, help_) in COMMANDS.items():
+    for name, (add, _, help_) in commands.items():
         add(sub.add_parser(name, help=help_, description=help_))
+    if extra is not None:
+        extra(sub)
     args = p.parse_args(argv)
     try:
-        return COMMANDS[args.command][1](args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"poselift-train {args.command}: error: {e}", file=sys.stderr)
+        return commands[args.command][1](args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, CacheError, CheckpointError) as e:
+        print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_subcommands("poselift-train", " ".join(__doc__.split("\n\n")[0].split()), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ families register in ``COMMANDS``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable, Sequence
 
 from . import lift_cli, tcmr_cli
+from .cli import run_subcommands
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "lifter": (lift_cli.add_eval_arguments, lift_cli.run_eval,
@@ -27,19 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from poselift.evaluation.cli import main as predictions_main
 
         return predictions_main(argv[1:])
-    p = argparse.ArgumentParser(prog="poselift-evaluate", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, (add, _, help_) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_, description=help_))
-    sub.add_parser("predictions", help="report from a predictions.npz (see `poselift-evaluate predictions --help`)",
-                   add_help=False)
-    args = p.parse_args(argv)
-    try:
-        return COMMANDS[args.command][1](args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"poselift-evaluate {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
+    return run_subcommands(
+        "poselift-evaluate", " ".join(__doc__.split("\n\n")[0].split()), COMMANDS, argv,
+        extra=lambda sub: sub.add_parser(
+            "predictions", add_help=False,
+            help="report from a predictions.npz (see `poselift-evaluate predictions --help`)"))
 
 if __name__ == "__main__":
     raise SystemExit(main())
