@@ -1,8 +1,10 @@
-"""Feature extraction throughput: end-to-end (decode + crop + model + cache write) vs forward only.
+"""Extraction throughput (features: ResNet/HMR; keypoints: FastPose + SIKR): end-to-end (decode + crop + model + cache write) vs forward only.
 
 Writes a synthetic mp4v video into a temporary folder, then measures on the same machine:
   * forward-only: BackboneRunner on pre-made uint8 crops (normalise + backbone + copy back);
-  * end-to-end: extract_features over the video into a fresh cache.
+  * end-to-end: extract_features (or, with --model fastpose, extract_keypoints) over the video
+    into a fresh cache: decode + crop in workers, model, decode, cache write.
+Use --frames >= 20 x --batch-size so that start-up does not dominate.
 Prints one markdown table row (header with --header). Keep --frames small on CPU.
 
 Run it as a console-free script from outside the repo root (the folder ``datasets/`` would shadow
@@ -24,7 +26,11 @@ import torch
 
 from poselift.extract.backbones import BACKBONES, load_spin_backbone, load_torchvision_resnet
 from poselift.extract.contracts import PreprocessContract
+from poselift.extract.estimators.contracts import fastpose_contract
+from poselift.extract.estimators.fastpose import FASTPOSE_VARIANTS
 from poselift.extract.features import BackboneRunner, SequenceSpec, extract_features
+from poselift.extract.keypoint_runners import SikrRunner
+from poselift.extract.keypoints import extract_keypoints
 
 HEADER = ("| device | backbone | width | crop | batch | workers | compile | video | forward img/s "
           "| end-to-end frames/s | e2e / forward |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -51,6 +57,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=64, help="frames in the synthetic video (default 64)")
     p.add_argument("--resolution", default="1280x720", help="video WxH (default 1280x720)")
+    p.add_argument("--model", default="features", choices=["features", "fastpose"],
+                   help="features = --backbone into a features cache; fastpose = FastPose-R50 SIKR keypoints")
     p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES), help="backbone variant")
     p.add_argument("--base-width", type=int, default=64, help="64 = real size")
     p.add_argument("--weights", help="optional checkpoint (torchvision or SPIN); random init otherwise")
@@ -65,6 +73,8 @@ def main() -> None:
     w, h = (int(v) for v in a.resolution.lower().split("x"))
 
     torch.manual_seed(0)
+    if a.model == "fastpose":
+        return bench_fastpose(a, w, h)
     if a.weights:
         loader = load_spin_backbone if a.backbone == "hmr" else load_torchvision_resnet
         model = loader(a.weights)
@@ -100,6 +110,42 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"| {dev} | {a.backbone} | {a.base_width} | {a.crop_size} | {a.batch_size} | {a.workers} | "
           f"{'yes' if a.compile else 'no'} | {a.frames} x {w}x{h} mp4v | {fwd:.1f} | {e2e:.1f} | {e2e / fwd:.2f} |")
+
+
+def bench_fastpose(a: argparse.Namespace, w: int, h: int) -> None:
+    """FastPose-R50 (random init, COCO-17): forward-only = normalise + model + SIKR decode on
+    pre-made uint8 crops; end-to-end = extract_keypoints over a single-person video."""
+    model = FASTPOSE_VARIANTS["fastpose_r50"](17)
+    contract = fastpose_contract()
+    runner = SikrRunner(model, contract, a.device)
+    ch, cw = contract.crop_hw
+    crops = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (a.batch_size, ch, cw, 3), dtype=np.uint8))
+    if runner.device.type == "cuda":
+        crops = crops.pin_memory()
+    cboxes = np.tile(np.array([[0, 0, 192, 256]], np.float32), (a.batch_size, 1))
+    runner(crops, cboxes)
+    n_batches = max(1, a.frames // a.batch_size)
+    best = float("inf")
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            runner(crops, cboxes)
+        best = min(best, time.perf_counter() - t0)
+    fwd = n_batches * a.batch_size / best
+    with tempfile.TemporaryDirectory() as d:
+        video = Path(d) / "bench.mp4"
+        boxes = make_video(video, a.frames, w, h)
+        t0 = time.perf_counter()
+        r = extract_keypoints([SequenceSpec("bench", video, boxes)], Path(d) / "k.h5", runner.model, contract,
+                              batch_size=a.batch_size, num_workers=a.workers, device=a.device,
+                              weights_sha256="bench", progress=False)
+        e2e = r.frames / (time.perf_counter() - t0)
+        assert r.written == ["bench"], r.failed
+    if a.header:
+        print(HEADER)
+    dev = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print(f"| {dev} | fastpose-r50 sikr | 64 | 256x192 | {a.batch_size} | {a.workers} | no | {a.frames} x "
+          f"{w}x{h} mp4v | {fwd:.1f} | {e2e:.1f} | {e2e / fwd:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Subcommands:
   features  crops + backbone features for one video or a manifest of sequences -> features cache
+  keypoints 2D keypoints (AlphaPose SIKR or FAMI-Pose) -> keypoints2d cache, one sequence per track
   probe     print frame count, fps and size of videos / image folders (what the extractor sees)
 
 Manifest (JSON list, paths relative to the manifest file)::
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -94,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="discard an existing cache or interrupted run made with other settings")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .cli_keypoints import add_keypoints_parser
+
+    add_keypoints_parser(sub)
 
     pr = sub.add_parser("probe", help="print frame count, fps and size of videos or image folders")
     pr.add_argument("paths", nargs="+", help="video files or image folders")
@@ -239,8 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
     try:
-        return {"features": _features, "probe": _probe}[a.command](a)
-    except (ValueError, OSError, RuntimeError, CacheError) as e:  # our errors name the file/field; no traceback
+        from .cli_keypoints import run_keypoints
+
+        return {"features": _features, "keypoints": run_keypoints, "probe": _probe}[a.command](a)
+    except (ValueError, KeyError, OSError, RuntimeError, CacheError, pickle.UnpicklingError) as e:  # our errors name the file/field; no traceback
         print(f"poselift-extract: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,145 @@
+"""``poselift-extract keypoints``: 2D keypoints (SIKR or FAMI-Pose) into a keypoints2d cache.
+
+Manifest entries are those of ``features``; ``box_format`` coco / posetrack means several
+boxes per frame (a COCO detection JSON, or PoseTrack JSON with track ids; a PoseTrack entry
+with ``track_id`` extracts that track only). Array box files are one person per sequence.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
+
+
+def add_keypoints_parser(sub: Any) -> None:
+    k = sub.add_parser("keypoints", help="2D keypoints (SIKR / FAMI-Pose) into a keypoints2d cache",
+                       description="Decode + crop in workers, batched estimator, pose NMS + tracks for "
+                                   "several boxes per frame, one cache sequence per person track "
+                                   "(<video>/track<k>). Resumable. Exit status: 0 ok, 1 some videos "
+                                   "failed, 2 bad input.")
+    k.add_argument("out", help="output cache file (.h5)")
+    src = k.add_argument_group("inputs (give --manifest, or --video with --boxes)")
+    src.add_argument("--manifest", help="JSON list of sequences (see `poselift-extract features --help`)")
+    src.add_argument("--video", help="one video file or image folder")
+    src.add_argument("--boxes", help="boxes for --video: .npy/.npz array, COCO detection or PoseTrack JSON")
+    src.add_argument("--box-format", default="coco", choices=["xyxy", "cxcywh", "xywh", "coco", "posetrack"],
+                     help="layout of --boxes (default: coco = every person box of a detection JSON)")
+    src.add_argument("--track-id", type=int, default=None, help="PoseTrack: extract only this track")
+    src.add_argument("--seq-id", help="id for --video (default: the file name without suffix)")
+    src.add_argument("--min-score", type=float, default=0.0, help="drop detections scoring below this")
+    src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
+    m = k.add_argument_group("estimator")
+    m.add_argument("--estimator", required=True, choices=["sikr", "famipose"])
+    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth")
+    m.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    m.add_argument("--fami-config", default="release", choices=["release", "paper"],
+                   help="FAMI head variant (release: translation GTM, raw masks; paper: affine, sigmoid)")
+    m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="override the crop size (default 256 192 for SIKR, 384 288 for FAMI-Pose)")
+    m.add_argument("--flip-test", action="store_true", help="SIKR: average with the mirrored crop")
+    m.add_argument("--pose-nms", default="auto", choices=["auto", "body", "fullbody", "off"],
+                   help="SIKR P-NMS parameters (auto: fullbody for 133/136 keypoints); always off "
+                        "when the boxes carry track ids")
+    m.add_argument("--min-box-area", type=float, default=0.0, help="P-NMS: drop smaller poses")
+    m.add_argument("--tube-length", type=int, default=1,
+                   help="FAMI: key frames sharing one crop box and backbone features (1 = reference)")
+    m.add_argument("--tracker-iou", type=float, default=0.3, help="IoU tracker match threshold")
+    m.add_argument("--tracker-max-age", type=int, default=30, help="frames a lost track survives")
+    r = k.add_argument_group("runtime")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--workers", type=int, default=1, help="decode/crop worker processes (default: 1)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
+    r.add_argument("--overwrite", action="store_true", help="discard an existing cache / interrupted run")
+    r.add_argument("--no-progress", action="store_true")
+
+
+def _entry_jobs(e: dict[str, Any], base: Path, min_score: float) -> list:
+    from .cli import load_manifest
+    from .detections import detections_from_tracks, load_coco_frames, load_posetrack_frames
+    from .video import open_source
+
+    for f in ("seq_id", "source", "boxes"):
+        if f not in e:
+            raise ValueError(f"manifest entry {e.get('seq_id', '?')}: missing field {f!r}")
+    fmt = e.get("box_format", "xyxy")
+    if fmt not in ("coco", "posetrack") or e.get("track_id") is not None:
+        return load_manifest([e], base, min_score=min_score)
+    source = str(base / e["source"])
+    n = len(open_source(source))
+    if fmt == "coco":
+        fr, bx, sc = load_coco_frames(base / e["boxes"], n, min_score=min_score)
+        tid = None
+    else:
+        fr, bx, sc, tid = load_posetrack_frames(base / e["boxes"], n)
+    return [detections_from_tracks(e["seq_id"], source, n, fr, bx, sc, tid, e.get("attrs"))]
+
+
+def load_keypoint_manifest(entries: Sequence[dict[str, Any]], base: Path, min_score: float = 0.0) -> list:
+    """Manifest entries -> SequenceSpec (one person) / VideoDetections (several boxes) list."""
+    return [j for e in entries for j in _entry_jobs(e, base, min_score)]
+
+
+def _load_estimator(a: argparse.Namespace):
+    from .backbones import file_sha256
+    from .estimators.contracts import famipose_contract, fastpose_contract
+
+    over = {"input_size": tuple(a.input_size)} if a.input_size else {}
+    if a.estimator == "sikr":
+        from .estimators.fastpose import load_alphapose
+
+        model = load_alphapose(a.weights, trust=a.trust_checkpoint)
+        contract = fastpose_contract(**over)
+    else:
+        from .estimators.famipose import PAPER, RELEASE, load_famipose
+
+        contract = famipose_contract(**over)
+        cfg = dataclasses.replace(PAPER if a.fami_config == "paper" else RELEASE,
+                                  feature_size=contract.heatmap_size)
+        model = load_famipose(a.weights, cfg, trust=a.trust_checkpoint)
+    return model, contract, file_sha256(a.weights)
+
+
+def run_keypoints(a: argparse.Namespace) -> int:
+    import torch
+
+    from .estimators.pose_nms import PoseNMSParams
+    from .keypoints import extract_keypoints
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.manifest:
+        mp = Path(a.manifest)
+        jobs = load_keypoint_manifest(json.loads(mp.read_text()), mp.parent, a.min_score)
+    elif a.video and a.boxes:
+        e = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
+             "box_format": a.box_format, "track_id": a.track_id}
+        jobs = load_keypoint_manifest([e], Path("."), a.min_score)
+    else:
+        raise ValueError("give --manifest, or --video together with --boxes")
+    model, contract, sha = _load_estimator(a)
+    k = int(model.num_joints)
+    nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
+    params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size, num_workers=a.workers,
+                            device=device, amp=not a.no_amp, flip_test=a.flip_test, nms_params=params,
+                            use_pose_nms=nms != "off", min_box_area=a.min_box_area,
+                            tracker_iou=a.tracker_iou, tracker_max_age=a.tracker_max_age,
+                            tube_length=a.tube_length, weights_sha256=sha, dataset=a.dataset,
+                            overwrite=a.overwrite, progress=not a.no_progress)
+    print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
+          f"{len(res.failed)}, no person in {len(res.empty)}; {res.frames} frames in {res.seconds:.1f} s "
+          f"= {res.frames_per_second:.1f} frames/s")
+    for sid, err in res.failed.items():
+        print(f"  FAILED {sid}: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
