@@ -99,7 +99,7 @@ def make_windows(segments: np.ndarray, *, left: int, right: int, n_targets: int 
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     segments = np.asarray(segments, dtype=np.int64).reshape(-1, 3)
-    seqs, starts, stops, s0, s1 = [], [], [], [], []
+    seqs, starts, s0, s1 = [], [], [], []
     for seq, start, length in segments:
         if length < max(min_length, 1):
             continue

@@ -162,7 +162,34 @@ def load_manifest(entries: Sequence[dict[str, Any]], base: Path, *, smooth: bool
     return specs
 
 
-def _load_backbone(a: argparse.Namespace):
+def specs_from_args(a: argparse.Namespace) -> list:
+    """SequenceSpecs from ``--manifest`` or ``--video`` + ``--boxes``."""
+    if a.manifest:
+        mp = Path(a.manifest)
+        try:
+            entries = json.loads(mp.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{mp}: not valid JSON ({e})") from None
+        return load_manifest(entries, mp.parent, smooth=a.smooth, min_score=a.min_score)
+    if a.video and a.boxes:
+        entry = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
+                 "box_format": a.box_format, "track_id": a.track_id}
+        return load_manifest([entry], Path("."), smooth=a.smooth, min_score=a.min_score)
+    raise ValueError("give --manifest, or --video together with --boxes")
+
+
+def contract_from_args(a: argparse.Namespace):
+    """The feature crop contract: a preset (``--preset``) with --crop-size/--bbox-scale applied."""
+    from .contracts import CONTRACTS, PreprocessContract
+
+    base = CONTRACTS[a.preset] if a.preset else PreprocessContract()
+    return PreprocessContract(**{**base.to_dict(), "crop_size": a.crop_size,
+                                 "bbox_scale": a.bbox_scale or base.bbox_scale,
+                                 "mean": base.mean, "std": base.std, "supporting_frames": ()})
+
+
+def load_backbone(a: argparse.Namespace):
+    """The backbone and its weights id (file sha256 or 'random-init:seed=N') from CLI options."""
     import torch
 
     from .backbones import BACKBONES, file_sha256, load_checkpoint, load_spin_backbone, load_torchvision_resnet
@@ -192,25 +219,13 @@ def _load_backbone(a: argparse.Namespace):
 def _features(a: argparse.Namespace) -> int:
     import torch
 
-    from .contracts import CONTRACTS, PreprocessContract
     from .features import extract_features
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.manifest:
-        mp = Path(a.manifest)
-        specs = load_manifest(json.loads(mp.read_text()), mp.parent, smooth=a.smooth, min_score=a.min_score)
-    elif a.video and a.boxes:
-        entry = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
-                 "box_format": a.box_format, "track_id": a.track_id}
-        specs = load_manifest([entry], Path("."), smooth=a.smooth, min_score=a.min_score)
-    else:
-        raise ValueError("give --manifest, or --video together with --boxes")
-    base = CONTRACTS[a.preset] if a.preset else PreprocessContract()
-    contract = PreprocessContract(**{**base.to_dict(), "crop_size": a.crop_size,
-                                     "bbox_scale": a.bbox_scale or base.bbox_scale,
-                                     "mean": base.mean, "std": base.std, "supporting_frames": ()})
-    model, sha = _load_backbone(a)
+    specs = specs_from_args(a)
+    contract = contract_from_args(a)
+    model, sha = load_backbone(a)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     res = extract_features(specs, a.out, model, contract, batch_size=a.batch_size, num_workers=a.workers,
                            device=device, dtype=a.dtype, weights_sha256=sha,

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 __all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
 

@@ -21,6 +21,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch even if OUT_DIR/last.pt exists (default: resume from it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="under torchrun: per-rank BatchNorm statistics instead of whole-batch ones "
+                        "(default: synchronised, the single-process semantics)")
 
 
 def run_train(a: argparse.Namespace) -> int:
@@ -39,7 +42,7 @@ def run_train(a: argparse.Namespace) -> int:
     if not cfg.gt_cache or not cfg.keypoints_cache:
         raise ValueError("both a ground-truth cache (--gt) and a keypoint cache (--keypoints) are needed")
     try:
-        summary = train_lifter(cfg, resume=not a.no_resume)
+        summary = train_lifter(cfg, resume=not a.no_resume, sync_bn=not a.no_sync_bn)
     except CacheError as e:  # wrong dataset / joint layout / missing file: a user error
         raise ValueError(str(e)) from e
     last = summary["history"][-1] if summary["history"] else {}

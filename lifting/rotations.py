@@ -60,7 +60,6 @@ def rotmat_to_quaternion(rotmat: torch.Tensor, eps: float = 1e-6) -> torch.Tenso
     c0 = (d2 & d0_d1)[:, None]
     c1 = (d2 & ~d0_d1)[:, None]
     c2 = (~d2 & d0_nd1)[:, None]
-    c3 = (~d2 & ~d0_nd1)[:, None]
 
     q = torch.where(c0, q0, torch.where(c1, q1, torch.where(c2, q2, q3)))
     t = torch.where(c0, t0[:, None], torch.where(c1, t1[:, None],

@@ -14,6 +14,12 @@ Differences from the reference, on purpose: runs are seeded (model init, shuffli
 dropout), resume reproduces an uninterrupted run exactly (also the unlabeled stream),
 and batches are gathered with one vectorised index operation instead of a Python loop
 per example.
+
+Data-parallel (``torchrun``; see ``distributed.py``): ``batch_size`` stays the global batch,
+each rank trains on an equal, contiguous part of every step's slice of the seeded epoch
+permutation (the epoch is cut to a multiple of the world size), and with ``sync_bn`` (default)
+BatchNorm statistics cover the whole global batch, as in a single process. Rank 0 evaluates
+and writes the checkpoints. Semi-supervised training is single-process only.
 """
 from __future__ import annotations
 
@@ -31,6 +37,10 @@ from poselift.datasets.joints import get_joint_set
 from poselift.evaluation.metrics import mpjpe
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import (DistContext, SyncTemporalModelOptimized1f, all_reduce_sums, barrier,
+                          broadcast_object,
+                          convert_sync_batchnorm, gather_rng_states, init_distributed, rank_part,
+                          restore_rng_state, shutdown, wrap_ddp)
 from .config import LiftConfig, config_to_dict, dump_config
 from .infer_lifter import predict_sequence
 from .lift_data import LiftData, root_relative
@@ -158,18 +168,38 @@ def _train_step(batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | N
     return loss, parts
 
 
-def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
+def _sync_bn_trainer(model: torch.nn.Module) -> torch.nn.Module:
+    """The training model with BatchNorm synchronised over the ranks (same state_dict)."""
+    if type(model) is TemporalModelOptimized1f:
+        twin = SyncTemporalModelOptimized1f(**model.constructor_args())
+        twin.load_state_dict(model.state_dict())
+        model = twin
+    return convert_sync_batchnorm(model)
+
+
+def train_lifter(cfg: LiftConfig, resume: bool = True, *, sync_bn: bool = True) -> dict[str, Any]:
     """Train (or resume) a lifter as configured; returns a summary dict (also written as JSON).
 
     Semi-supervised when ``cfg.unlabeled_subjects`` is set (needs ``trajectory`` and camera
     intrinsics, i.e. Human3.6M): see :mod:`poselift.lifting.semi_supervised`.
+    Under ``torchrun`` it trains data-parallel (module docstring); ``sync_bn`` synchronises
+    BatchNorm statistics over the ranks (reference semantics; ignored in one process).
     """
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    ctx = init_distributed(resolve_device(cfg.device))
+    try:
+        return _train(cfg, resume, sync_bn, ctx, out)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: Path) -> dict[str, Any]:
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    device = ctx.device
     _seed_everything(cfg.seed)
 
     train, test = _open_splits(cfg)
@@ -186,16 +216,30 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
     ds = train.dataset(windows, flip="double" if cfg.flip_train else None,
                        with_trajectory=cfg.trajectory)
     unlabeled = _open_unlabeled(cfg, train, pad, shift, frames_per_batch)
+    if ctx.enabled:
+        if unlabeled is not None:
+            raise ValueError("semi-supervised training (unlabeled_subjects) runs in one process only")
+        if frames_per_batch % ctx.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} (= {frames_per_batch} windows per step) must "
+                             f"be divisible by the number of processes {ctx.world_size}")
+        if sync_bn:
+            model_train = _sync_bn_trainer(model_train)
+            traj_train = _sync_bn_trainer(traj_train) if traj_train is not None else None
     params = list(model_train.parameters()) + (list(traj_train.parameters()) if traj_train else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, amsgrad=True)
     models = [m for m in (model_train, traj_train) if m is not None]
     for m in models:
         m.to(device)
+    # DDP averages gradients; with sync_bn every rank's BN buffers are equal already, without it
+    # rank 0's running statistics are broadcast (torch's default, as DistributedSampler users get).
+    step_train = wrap_ddp(model_train, ctx, broadcast_buffers=not sync_bn)
+    step_traj = wrap_ddp(traj_train, ctx, broadcast_buffers=not sync_bn) if traj_train is not None else None
 
     fingerprints = {"gt_cache": train.gt.content_fingerprint, "keypoints_cache": train.kp.content_fingerprint}
     data_info = {"dataset": train.gt.header.dataset, "joints_in": train.joints_in,
                  "joints_out": train.joints_out}
     last = out / "last.pt"
+    barrier(ctx)  # rank 0 made the folder
     start_epoch, lr, history = 0, cfg.lr, []
     if resume and last.exists():
         ck = load_checkpoint(last, map_location=device)
@@ -212,7 +256,7 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
             unlabeled.load_state_dict(ck["extra"]["unlabeled_stream"])
         optimizer.load_state_dict(ck["optimizer"])
         start_epoch, lr, history = ck["epoch"], ck["extra"]["lr"], ck["extra"]["history"]
-        torch.set_rng_state(ck["extra"]["torch_rng"])
+        restore_rng_state(ck["extra"].get("rank_rng"), ck["extra"]["torch_rng"], ctx, str(last))
         for m in models:
             m.set_bn_momentum(bn_momentum_schedule(start_epoch, cfg.epochs, cfg.bn_momentum_start,
                                                    cfg.bn_momentum_end))
@@ -224,6 +268,8 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
             g["lr"] = lr
         rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume-exact
         order = rng.permutation(len(ds))
+        if ctx.enabled:  # every rank the same number of equal steps
+            order = order[:len(order) - len(order) % ctx.world_size]
         semi_on = unlabeled is not None and epoch >= cfg.warmup
         for m in models:
             m.train()
@@ -233,13 +279,13 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
                    unit="batch", disable=not cfg.progress, leave=False)
         for b0 in bar:
             td = time.perf_counter()
-            batch = ds.get_batch(order[b0:b0 + frames_per_batch])
+            batch = ds.get_batch(rank_part(order[b0:b0 + frames_per_batch], ctx))
             unl = None
             if unlabeled is not None:
                 # The stream advances every step (also in warm-up) as the reference's zip does.
                 unl = unlabeled.next_batch() if semi_on else unlabeled.skip()
             data_time += time.perf_counter() - td
-            loss, parts = _train_step(batch, unl, model_train, traj_train, js_out.parents, cfg, device)
+            loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -253,6 +299,10 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
             m.set_bn_momentum(bn_momentum_schedule(epoch + 1, cfg.epochs, cfg.bn_momentum_start,
                                                    cfg.bn_momentum_end))
         seconds = time.perf_counter() - t0
+        if ctx.enabled:  # metrics of the whole global batch stream
+            tot = all_reduce_sums({**sums, "_n": float(n_seen)}, ctx)
+            n_seen = int(tot.pop("_n"))
+            sums = tot
         rec = {"epoch": epoch + 1, "train_mpjpe_mm": sums.get("pos", 0.0) / max(n_seen, 1) * 1000,
                "seconds": seconds, "data_seconds": data_time,
                "examples_per_s": n_seen / max(seconds, 1e-9)}
@@ -261,15 +311,20 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
         if "proj_2d" in sums:  # normalised screen units x 1000, as the reference prints
             rec["train_2d_unlabeled"] = sums["proj_2d"] / max(n_seen, 1) * 1000
             rec["train_bone_mm"] = sums["bone"] / max(n_seen, 1) * 1000
-        if test is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
-                                                    or epoch + 1 == cfg.epochs):
+        if ctx.is_main and test is not None and cfg.eval_every and (
+                (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             model_eval.load_state_dict(model_train.state_dict())
             model_eval.to(device)
             rec["test_mpjpe_mm"] = _mean_mpjpe_mm(
                 evaluate_lifter(model_eval, test, device, flip=cfg.flip_test, causal=cfg.causal), test)
+        rec = broadcast_object(rec, ctx)  # rank 0 evaluated: one history on every rank
         history.append(rec)
+        rngs = gather_rng_states(ctx)
+        if not ctx.is_main:
+            continue
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}))
-        extra = {"lr": lr, "history": history, "torch_rng": torch.get_rng_state(), **data_info,
+        extra = {"lr": lr, "history": history, "torch_rng": rngs[0], **data_info,
+                 "world_size": ctx.world_size, "rank_rng": rngs if ctx.enabled else None,
                  "traj_state_dict": traj_train.state_dict() if traj_train is not None else None,
                  "traj_args": traj_eval.constructor_args() if traj_eval is not None else None,
                  "unlabeled_stream": unlabeled.state_dict() if unlabeled is not None else None}
@@ -285,7 +340,8 @@ def train_lifter(cfg: LiftConfig, resume: bool = True) -> dict[str, Any]:
                "receptive_field": model_eval.receptive_field(),
                "parameters": sum(p.numel() for p in model_eval.parameters()),
                "semi_supervised": unlabeled is not None, **data_info}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

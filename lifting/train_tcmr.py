@@ -8,6 +8,14 @@ Differences from the reference, on purpose: targets are float32; model selection
 validation source that is none of the test sources (refused otherwise); batches are a pure
 function of (seed, step) so a resumed run reproduces an uninterrupted one; checkpoints hold
 no SMPL buffers; the device is chosen automatically, with AMP on CUDA.
+
+Data-parallel under ``torchrun`` (``distributed.py``): ``batch_size`` stays the global batch;
+each rank takes a contiguous part of the step's 2D draw and of its 3D draw. When both parts
+divide evenly (e.g. batch 32 with ratio 0.5 on 2 ranks: 8 + 8 per rank) the averaged gradient
+equals single-process training; otherwise ranks hold one row more or less per group and
+their per-rank mean losses are weighted equally (a difference of at most 1/part size per
+term, warned about at start). Rank 0 validates, steps nothing differently (the plateau
+scheduler sees the broadcast value) and writes the only checkpoints.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from tqdm import tqdm
 from poselift.datasets.cache import CacheError
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import (DistContext, all_reduce_sums, barrier, broadcast_object, gather_rng_states,
+                          init_distributed, rank_part, restore_rng_state, shutdown, wrap_ddp)
 from .config import config_to_dict, dump_config
 from .smpl_model import build_spin_smpl, load_mean_params
 from .tcmr import TCMR
@@ -57,6 +67,7 @@ class TCMRConfig:
     hidden_size: int = 1024
     feat_dim: int = 2048
     regressor_hidden: int = 1024
+    regressor_dropout: float = 0.5                       # SPIN regressor's dropout (reference 0.5)
     # optimisation
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -115,6 +126,9 @@ def build_tcmr(cfg: TCMRConfig) -> TCMR:
         mean = {"init_pose": m["pose"], "init_shape": m["shape"], "init_cam": m["cam"]}
     model = TCMR(smpl, n_layers=cfg.n_layers, hidden_size=cfg.hidden_size, seq_len=16,
                  feat_dim=cfg.feat_dim, regressor_hidden=cfg.regressor_hidden, **mean)
+    for m in model.regressor.modules():  # dropout is no constructor argument of TCMR
+        if isinstance(m, torch.nn.Dropout):
+            m.p = cfg.regressor_dropout
     if cfg.pretrained_regressor:
         _load_spin_regressor(model, cfg.pretrained_regressor)
     return model
@@ -142,8 +156,9 @@ class StepBatches(torch.utils.data.Dataset):
     """Item ``s`` = the whole training batch of step ``s`` (so DataLoader workers prefetch)."""
 
     def __init__(self, sampler: MixedBatchSampler, data_2d: list[TCMRWindowData],
-                 data_3d: list[TCMRWindowData]) -> None:
+                 data_3d: list[TCMRWindowData], ctx: DistContext | None = None) -> None:
         self.sampler, self.groups = sampler, (data_2d, data_3d)
+        self.ctx = ctx or DistContext()  # which part of every step's batch this rank trains on
 
     def __len__(self) -> int:
         return 1 << 40
@@ -152,6 +167,8 @@ class StepBatches(torch.utils.data.Dataset):
         parts: list[list[dict[str, torch.Tensor]]] = [[], []]
         for g in (0, 1):
             ds, win = self.sampler.group_batch(g, int(step))
+            keep = rank_part(np.arange(len(ds)), self.ctx)
+            ds, win = ds[keep], win[keep]
             for d in np.unique(ds):
                 parts[g].append(self.groups[g][d].get_batch(np.sort(win[ds == d])))
         out: dict[str, Any] = {"n_2d": sum(len(p["features"]) for p in parts[0])}
@@ -174,16 +191,27 @@ def _seed(seed: int) -> None:
 
 
 def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
-    """Train (or resume) TCMR; returns a summary (also written to ``summary.json``)."""
+    """Train (or resume) TCMR; returns a summary (also written to ``summary.json``).
+    Data-parallel under ``torchrun`` (module docstring)."""
     check_validation_split(cfg)
     if cfg.val_protocol not in PROTOCOLS:
         raise KeyError(f"unknown val_protocol {cfg.val_protocol!r}; known: {sorted(PROTOCOLS)}")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    ctx = init_distributed(resolve_device(cfg.device))
+    try:
+        return _train(cfg, resume, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    barrier(ctx)
+    device = ctx.device
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     _seed(cfg.seed)
@@ -200,8 +228,16 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
     sampler = MixedBatchSampler([len(d) for d in data_2d], [len(d) for d in data_3d],
                                 cfg.batch_size, cfg.ratio_2d, cfg.balanced, cfg.seed)
     val_src = open_source(cfg.cache_dir, cfg.val, feat_dim=cfg.feat_dim)
+    if ctx.enabled and any(k % ctx.world_size for k in sampler.take):
+        print(f"warning: per-step 2D/3D counts {sampler.take} do not divide by {ctx.world_size} "
+              f"processes; rank losses are averaged with equal weight (not exactly the "
+              f"single-process batch mean)")
 
     model = build_tcmr(cfg).to(device)
+    if ctx.enabled:  # same init everywhere (DDP broadcasts rank 0's), own dropout stream per rank
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+    # No BatchNorm in TCMR, and SMPL buffers are constants: nothing to broadcast per step.
+    step_model = wrap_ddp(model, ctx, broadcast_buffers=False)
     j_reg = h36m_regressor(cfg.body_model_dir, model.regressor.smpl.v_template.shape[0]) \
         if PROTOCOLS[cfg.val_protocol].h36m_regressor else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -225,12 +261,12 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
         ex = ck["extra"]
         scheduler.load_state_dict(ex["scheduler"])
         start_epoch, history, best = ck["epoch"], ex["history"], ex["best"]
-        torch.set_rng_state(ex["torch_rng"])
+        restore_rng_state(ex.get("rank_rng"), ex["torch_rng"], ctx, str(last))
         if device.type == "cuda" and ex.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ex["cuda_rng"])
         print(f"resumed from {last} at epoch {start_epoch}")
 
-    batches = StepBatches(sampler, data_2d, data_3d)
+    batches = StepBatches(sampler, data_2d, data_3d, ctx)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -250,7 +286,7 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
             n2 = int(b["n_2d"])
             x = b["features"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = model(x, is_train=True)
+                pred = step_model(x, is_train=True)
             pred = {k: pred[k].float() for k in ("kp_2d", "kp_3d", "theta")}
             kp2d = _rep3(b["kp_2d"].to(device))
             t2d = {"kp_2d": kp2d[:n2]} if n2 else None
@@ -269,9 +305,13 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.3f}")
         train_s = time.perf_counter() - t0
-        report, _, _ = evaluate_source(model, val_src, cfg.val_protocol, J_regressor=j_reg,
-                                       device=device, batch_size=cfg.val_batch_size, pad=cfg.val_pad)
-        val = report.overall()
+        sums = {k: v / ctx.world_size for k, v in all_reduce_sums(sums, ctx).items()}
+        val = None
+        if ctx.is_main:  # one validation, shared: the plateau schedule must agree on every rank
+            report, _, _ = evaluate_source(model, val_src, cfg.val_protocol, J_regressor=j_reg,
+                                           device=device, batch_size=cfg.val_batch_size, pad=cfg.val_pad)
+            val = report.overall()
+        val = broadcast_object(val, ctx)
         pa = val["p_mpjpe"]["mean"]
         scheduler.step(pa)
         rec = {"epoch": epoch + 1, **{k: v / len(steps) for k, v in sums.items()},
@@ -279,13 +319,16 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
                "val_pve_mm": val.get("pve", {}).get("mean"),
                "lr": optimizer.param_groups[0]["lr"], "seconds": train_s,
                "data_fraction": data_time / max(train_s, 1e-9),
-               "steps_per_s": len(steps) / max(train_s, 1e-9)}
+               "steps_per_s": len(steps) / max(train_s, 1e-9), "world_size": ctx.world_size}
         history.append(rec)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
+        rngs = gather_rng_states(ctx)
         is_best = pa < best
         best = min(best, pa)
+        if not ctx.is_main:
+            continue
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
         extra = {"scheduler": scheduler.state_dict(), "history": history, "best": best,
-                 "torch_rng": torch.get_rng_state(),
+                 "torch_rng": rngs[0], "rank_rng": rngs if ctx.enabled else None,
                  "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                  "val_protocol": cfg.val_protocol}
         sd = {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
@@ -299,7 +342,8 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
                "best_val_pa_mpjpe_mm": best, "epochs": cfg.epochs, "history": history,
                "train_windows": {s.name: len(d) for s, d in zip(src_2d + src_3d, data_2d + data_3d)},
                "stride": stride}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from poselift.extract.deform_conv import deform_conv2d_torch
-from poselift.extract.estimators.famipose import (PAPER, RELEASE, FamiConfig, FAMIPose, FamiPreprocess, load_famipose,
+from poselift.extract.estimators.famipose import (PAPER, RELEASE, FamiConfig, FAMIPose, load_famipose,
                                                   supporting_indices, warp_affine_normalized, warp_translation)
 from poselift.extract.estimators.famipose_loss import (famipose_loss, joint_mse_loss, mi_estimate, release_kl,
                                                        release_mi_loss, release_mi_terms)
@@ -116,8 +116,11 @@ def test_supporting_indices_border_policy():
     assert supporting_indices(0, 1) == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="outside"):
         supporting_indices(3, 3)
-    attrs = FamiPreprocess().to_attrs()
-    assert attrs["contract.supporting_offsets"] == "[-2, -1, 1, 2]" and attrs["contract.crop_size"] == "[288, 384]"
+    from poselift.extract.estimators.contracts import famipose_contract
+
+    c = famipose_contract()  # the released crop: 288x384 (w x h), heatmaps at stride 4
+    assert c.supporting_frames == (-2, -1, 1, 2) and tuple(c.input_size) == (384, 288)
+    assert tuple(c.heatmap_size) == (96, 72)
 
 
 def _manual_chain(m: FAMIPose, key: torch.Tensor, sups: list[torch.Tensor], sigmoid: bool):

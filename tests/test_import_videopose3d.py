@@ -1,7 +1,6 @@
 """VideoPose3D npz files -> caches: formats, joint reduction, cameras, errors, protocols, CLI."""
 from __future__ import annotations
 
-import collections
 import fractions
 import hashlib
 import json

@@ -20,7 +20,6 @@ from poselift.lifting.config import LiftConfig, load_config
 from poselift.lifting.infer_lifter import predict_sequence
 from poselift.lifting.lift_data import LiftData
 from poselift.lifting.lift_eval import evaluate_checkpoint, lifter_records, load_lifter
-from poselift.lifting.temporal_conv import TemporalModelOptimized1f
 from poselift.lifting.temporal_conv import TemporalModel, TemporalModelOptimized1f
 from poselift.lifting.train_lifter import evaluate_lifter, train_lifter
 from poselift.lifting.videopose3d_ckpt import export_videopose3d, load_videopose3d

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .schema import CacheError, CacheHeader
 from .verify import cache_info, format_info, verify_cache
+from .merge import add_merge_command, run_merge
 from .writer import CacheWriter, partial_dir
 
 
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f = sub.add_parser("finalize", help="merge the committed sequences of an interrupted writer into "
                                         "the cache (what the writer does when it finishes)")
     f.add_argument("path", type=Path, help="the cache file whose <path>.partial folder should be merged")
+    add_merge_command(sub)
     args = p.parse_args(argv)
     try:
         if args.command == "info":
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for msg in r.warnings:
                         print(f"  warning: {msg}")
             return 0 if all(r.ok for r in results) else 1
+        if args.command == "merge":
+            return run_merge(args)
         parts = partial_dir(args.path)
         hdr = parts / "header.json"
         if not hdr.exists():

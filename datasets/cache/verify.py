@@ -15,8 +15,8 @@ from typing import Any
 import h5py
 
 from .reader import Cache
-from .schema import (SEQ_GROUP, CacheError, CacheHeader, content_fingerprint, group_digest,
-                     validate_field)
+from .schema import (REQUIRED_FIELDS, SEQ_GROUP, CacheError, CacheHeader, content_fingerprint,
+                     group_digest, validate_field)
 from .writer import decode_attrs, partial_dir
 
 __all__ = ["cache_info", "verify_cache", "VerifyResult"]
@@ -103,7 +103,8 @@ def verify_cache(path: str | Path, *, check_digests: bool = True, allow_nonfinit
             return res
         digests = {}
         for gname, g in grp.items():
-            _verify_sequence(path, gname, g, n_joints, check_digests, allow_nonfinite, res, digests)
+            _verify_sequence(path, gname, g, n_joints, check_digests, allow_nonfinite, res, digests,
+                             REQUIRED_FIELDS.get(header.kind, ()))
         stored = str(f.attrs.get("content_fingerprint", ""))
         if len(digests) == len(grp) and content_fingerprint(digests) != stored:
             res.problems.append(f"{path}: content fingerprint {stored[:16]}... does not match the "
@@ -115,7 +116,8 @@ def verify_cache(path: str | Path, *, check_digests: bool = True, allow_nonfinit
 
 
 def _verify_sequence(path: Path, gname: str, g: h5py.Group, n_joints: int | None, check_digests: bool,
-                     allow_nonfinite: bool, res: VerifyResult, digests: dict[str, str]) -> None:
+                     allow_nonfinite: bool, res: VerifyResult, digests: dict[str, str],
+                     required: tuple[str, ...] = ()) -> None:
     attrs = decode_attrs(g.attrs.items())
     sid = str(attrs.get("seq_id", gname))
     if not attrs.get("complete"):
@@ -124,6 +126,9 @@ def _verify_sequence(path: Path, gname: str, g: h5py.Group, n_joints: int | None
     n = int(attrs.get("n_frames", -1))
     res.sequences += 1
     res.frames += max(n, 0)
+    for name in required:
+        if name not in g:
+            res.problems.append(f"{path}: sequence {sid!r}: required field {name!r} is missing")
     for name, d in g.items():
         if not isinstance(d, h5py.Dataset):
             res.problems.append(f"{path}: sequence {sid!r}: {name!r} is not a dataset")

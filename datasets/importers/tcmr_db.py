@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..cache import CacheError, CacheHeader, CacheWriter
+from ..cache import CacheHeader, CacheWriter
 
 __all__ = ["TCMRImportError", "DBSpec", "DB_SPECS", "load_db", "video_runs", "import_tcmr_db",
            "parse_frame_ids", "file_fingerprint", "ImportSummary"]

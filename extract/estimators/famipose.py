@@ -20,8 +20,7 @@ all_agg = ``init_feature_agg_block``([z_t, a4]); heatmaps = ``agg_final_layer``(
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +32,7 @@ from poselift.extract.deform_conv import DeformConv2d, bilinear_sample_zero
 from poselift.extract.estimators.hrnet import (BasicBlock, CheckpointError, HRNet, extract_state_dict,
                                                infer_hrnet_config, load_state_dict_strict, read_checkpoint)
 
-__all__ = ["FamiConfig", "RELEASE", "PAPER", "FamiPreprocess", "FamiOutput", "FAMIPose", "supporting_indices",
+__all__ = ["FamiConfig", "RELEASE", "PAPER", "FamiOutput", "FAMIPose", "supporting_indices",
            "warp_translation", "warp_affine_normalized", "load_famipose", "ESTIMATORS"]
 
 
@@ -62,27 +61,6 @@ class FamiConfig:
 
 RELEASE = FamiConfig()
 PAPER = FamiConfig(gtm="affine", mask="sigmoid", gtm_identity_init=True)
-
-
-@dataclass(frozen=True)
-class FamiPreprocess:
-    """Preprocessing contract of the released FAMI-Pose (written into cache attributes)."""
-
-    crop_size: tuple[int, int] = (288, 384)  # (w, h)
-    heatmap_size: tuple[int, int] = (72, 96)  # (w, h)
-    sigma: float = 3.0
-    bbox_enlarge: float = 1.25
-    aspect_ratio: float = 0.75
-    channel_order: str = "RGB"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    joint_set: str = "posetrack17"
-    supporting_offsets: tuple[int, ...] = (-2, -1, 1, 2)
-    supporting_crop: str = "key_frame_box"  # neighbours use the key frame's box and affine
-
-    def to_attrs(self) -> dict[str, str]:
-        """Flat string attributes for an HDF5 cache (JSON-encoded values)."""
-        return {f"contract.{k}": json.dumps(v) for k, v in asdict(self).items()}
 
 
 def supporting_indices(key: int, length: int, offsets: tuple[int, ...] = (-2, -1, 1, 2)) -> list[int]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poselift.datasets.joints import COCO17, HALPE26
+from poselift.datasets.joints import COCO17, HALPE26, HALPE136
 
 __all__ = [
     "AMPLITUDE", "SymmetricIntegral", "sikr_integral", "sikr_decode", "crop_to_image",
@@ -40,17 +40,8 @@ __all__ = [
 
 AMPLITUDE = 2.0
 
-# Halpe full-body 136-point left/right pairs as listed by AlphaPose (halpe_136.py).
-HALPE136_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
-    (1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16),
-    (20, 21), (22, 23), (24, 25), (26, 42), (27, 41), (28, 40), (29, 39), (30, 38),
-    (31, 37), (32, 36), (33, 35), (43, 52), (44, 51), (45, 50), (46, 49), (47, 48),
-    (62, 71), (63, 70), (64, 69), (65, 68), (66, 73), (67, 72), (57, 61), (58, 60),
-    (74, 80), (75, 79), (76, 78), (87, 89), (93, 91), (86, 90), (85, 81), (84, 82),
-    (94, 115), (95, 116), (96, 117), (97, 118), (98, 119), (99, 120), (100, 121),
-    (101, 122), (102, 123), (103, 124), (104, 125), (105, 126), (106, 127), (107, 128),
-    (108, 129), (109, 130), (110, 131), (111, 132), (112, 133), (113, 134), (114, 135),
-)
+# Halpe full-body 136-point left/right pairs (AlphaPose's halpe_136 order) live with the joint set.
+HALPE136_FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple(zip(HALPE136.left, HALPE136.right))
 
 FLIP_PAIRS: dict[str, tuple[tuple[int, int], ...]] = {
     "coco17": tuple(zip(COCO17.left, COCO17.right)),

@@ -21,7 +21,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from poselift.datasets.joints import H36M17
 
 from .data import DemoSettings, build_demo_data
 
