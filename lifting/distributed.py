@@ -21,6 +21,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -85,13 +86,21 @@ def init_distributed(device: torch.device, *, timeout_minutes: float = 60.0,
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
+        # One group per process, destroyed at exit: re-creating it for a second training run
+        # in the same process (torchrun's rendezvous store is reused) can hang.
+        atexit.register(_destroy_group)
     return DistContext(rank, world, local, device, backend)
 
 
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shutdown(ctx: DistContext) -> None:
+    """End of a run: wait for every rank (the group itself lives until the process exits)."""
     if ctx.enabled and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
 
 
 def rank_part(idx: np.ndarray, ctx: DistContext) -> np.ndarray:
