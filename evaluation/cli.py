@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--scale", type=float, default=1000.0,
                     help="multiplier to the report unit (1000: metres -> mm)")
-    ap.add_argument("--unit", default="mm")
+    ap.add_argument("--unit", default="mm", help="unit label of the scaled numbers in the report (default mm)")
     ap.add_argument("--center", default=None,
                     help="comma-separated joint indices to centre pred and gt on, e.g. 0")
     ap.add_argument("--by-subject", action="store_true", help="VideoPose3D tables per subject")

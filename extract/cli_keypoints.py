@@ -35,7 +35,8 @@ def add_keypoints_parser(sub: Any) -> None:
     src.add_argument("--min-score", type=float, default=0.0, help="drop detections scoring below this")
     src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
     m = k.add_argument_group("estimator")
-    m.add_argument("--estimator", required=True, choices=["sikr", "famipose"])
+    m.add_argument("--estimator", required=True, choices=["sikr", "famipose"],
+                   help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
     m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth")
     m.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of --weights (runs code from the file: trusted files only)")
@@ -53,13 +54,13 @@ def add_keypoints_parser(sub: Any) -> None:
     m.add_argument("--tracker-iou", type=float, default=0.3, help="IoU tracker match threshold")
     m.add_argument("--tracker-max-age", type=int, default=30, help="frames a lost track survives")
     r = k.add_argument_group("runtime")
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--batch-size", type=int, default=32, help="crops per model call (default 32)")
     r.add_argument("--workers", type=int, default=1, help="decode/crop worker processes (default: 1)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true", help="discard an existing cache / interrupted run")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
 
 def _entry_jobs(e: dict[str, Any], base: Path, min_score: float) -> list:

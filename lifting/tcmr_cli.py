@@ -60,17 +60,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-model-dir", required=True, help="SMPL files (see poselift-train tcmr)")
     p.add_argument("--cache-dir", required=True, help="folder with <source>_features.h5 and <source>_gt.h5")
     p.add_argument("--source", required=True, help="cache name prefix, e.g. 3dpw_test")
-    p.add_argument("--protocol", required=True, choices=("3dpw", "mpii3d", "h36m"))
+    p.add_argument("--protocol", required=True, choices=("3dpw", "mpii3d", "h36m"),
+                   help="evaluation protocol: joint set, centring and valid-frame mask of that dataset (tcmr.md 4.2)")
     p.add_argument("--out", required=True, help="output folder for report.json/.md, summary.json, plots")
     p.add_argument("--match-vibe", action="store_true",
                    help="evaluate VIBE's frame set (non-overlapping 16-frame chunks) instead of all valid frames")
     p.add_argument("--edge-pad", action="store_true",
                    help="border windows by edge replication instead of TCMR's 16 copies of the target frame")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--export-meshes", default="", help="comma-separated sequence ids to export meshes for")
     p.add_argument("--mesh-frames", default="0:1000000:30", help="frames to export, start:stop[:step]")
-    p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj")
+    p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj", help="file format of exported meshes")
     p.add_argument("--trust-pickle", action="store_true",
                    help="full unpickling of a released checkpoint (only for files you trust)")
 

@@ -73,3 +73,43 @@ def test_torch_is_not_pinned_in_metadata():
     deps = _pyproject()["project"]["dependencies"]
     torch_dep = [d for d in deps if d.startswith("torch")]
     assert torch_dep == ["torch>=2.1"]
+
+
+def _parsers(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_cli_option_has_help(monkeypatch, capsys):
+    """Each console script's --help explains every option (subcommands included)."""
+    import argparse
+
+    built = []
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def capture(self, *a, **k):
+        built.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    missing = []
+    for name, target in _pyproject()["project"]["scripts"].items():
+        mod, func = target.split(":")
+        built.clear()
+        try:
+            getattr(importlib.import_module(mod), func)(["--help"])
+        except SystemExit:
+            pass
+        for top in built:
+            for p in _parsers(top):
+                for act in p._actions:
+                    if act.option_strings and act.help is None and act.dest != "help":
+                        missing.append(f"{name} ({p.prog}): {act.option_strings}")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", real_parse)
+    capsys.readouterr()
+    assert not missing, missing
