@@ -13,7 +13,7 @@ from poselift.lifting.smpl_model import make_synthetic_smpl
 from poselift.lifting.tcmr import TCMR, VIBE
 from poselift.lifting.tcmr_ckpt import CheckpointError, infer_tcmr_config, load_tcmr
 
-KEYS_JSON = Path("/work/shared/formats/tcmr_state_dict_keys.json")
+KEYS_JSON = Path(__file__).parent / "data" / "tcmr_state_dict_keys.json"  # copy of shared/formats
 D = 2048  # released feature width; GRUs are tiny (hidden 16) so this stays cheap
 
 
