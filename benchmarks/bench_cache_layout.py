@@ -77,8 +77,9 @@ def read_windows(path: Path, lengths: list[int], size: int, n: int, cold: bool) 
             if d is None:
                 d = handles[s] = g[f"seq{s:05d}"]["features"]
             start = int(rng.integers(0, max(lengths[s] - size, 0) + 1))
-            # what CacheWindowDataset does: read, then convert with torch
-            torch.from_numpy(d[start:start + size]).float()
+            # what CacheWindowDataset does: read, then convert with torch into a numpy buffer
+            x = d[start:start + size]
+            torch.from_numpy(np.empty(x.shape, np.float32)).copy_(torch.from_numpy(x))
     return n / (time.perf_counter() - t)
 
 

@@ -97,11 +97,12 @@ def stream(path: Path, seconds: float, batch: int = 32) -> dict:
             b = ds.get_batch(idx)
             n += len(idx)
             if len(samples) < 200 and n % (batch * 50) == 0:
-                samples.append(rss_mb("VmRSS"))
+                # anonymous (heap) vs file-backed resident pages, MB
+                samples.append((round(rss_mb("RssAnon")), round(rss_mb("RssFile"))))
         sec = time.perf_counter() - t0
         T = b["x"].shape[1]
         res[name] = {"windows": len(w), "windows_per_s": n / sec,
-                     "MB_per_s": n * T * D * 2 / 2**20 / sec, "rss_samples_MB": samples[::20],
+                     "MB_per_s": n * T * D * 2 / 2**20 / sec, "rss_anon_file_samples_MB": samples[::20],
                      "peak_rss_MB": rss_mb("VmHWM")}
     return res
 
