@@ -99,6 +99,16 @@ def _load_json(path: Path) -> Any:
         raise BoxError(f"{path}: not valid JSON ({e})") from e
 
 
+def coco_detection_list(path: Path) -> list:
+    """The detection entries of a COCO-style results file (a list, or a dict's 'annotations')."""
+    data = _load_json(path)
+    if isinstance(data, dict) and "annotations" in data:
+        data = data["annotations"]
+    if not isinstance(data, list):
+        raise BoxError(f"{path}: expected a list of detections (or a dict with 'annotations')")
+    return data
+
+
 def load_coco_detections(path: str | os.PathLike, n_frames: int, *, category_id: int = 1,
                          min_score: float = 0.0, image_id_offset: int = 0,
                          image_to_frame: Mapping[Any, int] | None = None,
@@ -111,11 +121,7 @@ def load_coco_detections(path: str | os.PathLike, n_frames: int, *, category_id:
     ``"000123.jpg"``. Frames without a person detection get NaN and ``valid=False``.
     """
     path = Path(path)
-    data = _load_json(path)
-    if isinstance(data, dict) and "annotations" in data:
-        data = data["annotations"]
-    if not isinstance(data, list):
-        raise BoxError(f"{path}: expected a list of detections (or a dict with 'annotations')")
+    data = coco_detection_list(path)
     if select not in ("score", "area"):
         raise BoxError(f"select must be 'score' or 'area', got {select!r}")
     boxes = np.full((n_frames, 4), np.nan, np.float32)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .boxes import BoxError, _frame_of_image_id, _load_json, load_posetrack_tracks, to_xyxy
+from .boxes import BoxError, _frame_of_image_id, coco_detection_list, load_posetrack_tracks, to_xyxy
 
 __all__ = ["VideoDetections", "IoUTracker", "box_iou", "load_coco_frames", "load_posetrack_frames",
            "detections_from_tracks", "split_tracks"]
@@ -144,11 +144,7 @@ def load_coco_frames(path: str | os.PathLike, n_frames: int, *, category_id: int
     [x,y,w,h], score}``), sorted by frame: (frame (N,), boxes xyxy (N, 4), scores (N,)).
     Frames map from ``image_id`` as :func:`poselift.extract.boxes.load_coco_detections` does."""
     path = Path(path)
-    data = _load_json(path)
-    if isinstance(data, dict) and "annotations" in data:
-        data = data["annotations"]
-    if not isinstance(data, list):
-        raise BoxError(f"{path}: expected a list of detections (or a dict with 'annotations')")
+    data = coco_detection_list(path)
     rows = []
     for k, det in enumerate(data):
         if not isinstance(det, dict) or "image_id" not in det or "bbox" not in det:

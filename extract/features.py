@@ -35,6 +35,7 @@ from poselift.datasets.cache import CacheHeader, CacheWriter
 
 from .contracts import PreprocessContract
 from .crops import box_overlaps_image, crop, square_crop_affine
+from .sharding import balance_by_frames
 from .video import open_source
 
 __all__ = ["SequenceSpec", "ExtractionResult", "CropStream", "BackboneRunner", "extract_features",
@@ -75,17 +76,6 @@ class ExtractionResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _balance(lengths: Sequence[int], n_workers: int) -> list[list[int]]:
-    """Deal sequences to workers, longest first to the least-loaded one (deterministic)."""
-    bins: list[list[int]] = [[] for _ in range(n_workers)]
-    load = [0] * n_workers
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        w = min(range(n_workers), key=lambda k: (load[k], k))
-        bins[w].append(i)
-        load[w] += lengths[i]
-    return [sorted(b) for b in bins]
-
-
 class CropStream(IterableDataset):
     """Yields chunks ``{seq, frame_index (b,), crops uint8 (b, S, S, 3) RGB, boxes (b, 4),
     valid (b,), last, meta, n_outside}`` per sequence in frame order, at most ``chunk`` frames
@@ -98,7 +88,7 @@ class CropStream(IterableDataset):
         info = get_worker_info()
         if info is None:
             return list(range(len(self.specs)))
-        return _balance([len(s.boxes) for s in self.specs], info.num_workers)[info.id]
+        return balance_by_frames([len(s.boxes) for s in self.specs], info.num_workers)[info.id]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in self._mine():

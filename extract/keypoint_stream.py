@@ -30,6 +30,7 @@ from .contracts import PreprocessContract
 from .crops import CropError
 from .detections import VideoDetections
 from .estimators.famipose import supporting_indices
+from .sharding import balance_by_frames
 from .video import open_source
 
 __all__ = ["TubeSpec", "DetectionCropStream", "TubeCropStream", "warp_into"]
@@ -45,16 +46,6 @@ class TubeSpec:
     boxes: np.ndarray
     track_id: int = 0
     attrs: dict[str, Any] | None = None
-
-
-def _balance(lengths: Sequence[int], n_workers: int) -> list[list[int]]:
-    bins: list[list[int]] = [[] for _ in range(n_workers)]
-    load = [0] * n_workers
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        w = min(range(n_workers), key=lambda k: (load[k], k))
-        bins[w].append(i)
-        load[w] += lengths[i]
-    return [sorted(b) for b in bins]
 
 
 def warp_into(dst: np.ndarray, frame: np.ndarray, m: np.ndarray) -> None:
@@ -79,7 +70,7 @@ class _Stream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         mine = (list(range(len(self._lengths()))) if info is None
-                else _balance(self._lengths(), info.num_workers)[info.id])
+                else balance_by_frames(self._lengths(), info.num_workers)[info.id])
         for i in mine:
             try:
                 yield from self._job(i)

@@ -1,6 +1,8 @@
 """VideoPose3D npz files -> caches: formats, joint reduction, cameras, errors, protocols, CLI."""
 from __future__ import annotations
 
+import importlib.util
+
 import fractions
 import hashlib
 import json
@@ -8,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from poselift.datasets.cache import Cache, CacheMismatchError
 from poselift.datasets.cameras import (CAMERA_JSON, Camera, camera_to_world,
@@ -20,6 +21,10 @@ from poselift.datasets.importers.videopose3d import (VideoPose3DImportError,
 from poselift.datasets.joints import H36M32_TO_17
 from poselift.datasets.protocols import (PROTOCOLS, deterministic_random, select,
                                          select_sequences, subset_slice)
+
+_spec = importlib.util.spec_from_file_location("vp3d_synth", Path(__file__).with_name("vp3d_synth.py"))
+_synth = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_synth)
 
 RAW = json.loads(CAMERA_JSON.read_text())
 H36M_SYM = [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]
@@ -35,23 +40,6 @@ def _world(rng: np.random.Generator, t: int, j: int) -> np.ndarray:
     return rng.uniform([-0.8, -0.8, 0.0], [0.8, 0.8, 1.8], size=(t, j, 3)).astype(np.float32)
 
 
-def _to_cam(world: np.ndarray, ext: dict) -> np.ndarray:
-    """Independent world->camera: R^T (X - t) with R from the (w, x, y, z) quaternion."""
-    w, x, y, z = ext["orientation"]
-    r = Rotation.from_quat([x, y, z, w]).as_matrix()
-    return (world.astype(np.float64) - np.array(ext["translation"]) / 1000) @ r
-
-
-def _to_pixels(xc: np.ndarray, intr: dict) -> np.ndarray:
-    f, c, k, p = (intr["focal_length"], intr["center"], intr["radial_distortion"],
-                  intr["tangential_distortion"])
-    x, y = xc[..., 0] / xc[..., 2], xc[..., 1] / xc[..., 2]
-    r2 = x * x + y * y
-    common = 1 + k[0] * r2 + k[1] * r2 ** 2 + k[2] * r2 ** 3 + p[0] * x + p[1] * y
-    return np.stack([f[0] * (x * common + p[0] * r2) + c[0],
-                     f[1] * (y * common + p[1] * r2) + c[1]], -1).astype(np.float32)
-
-
 def _h36m_files(d: Path, takes=H36M_TAKES, extra=EXTRA_2D, meta=None) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     pos3d, pos2d = {}, {}
@@ -61,7 +49,7 @@ def _h36m_files(d: Path, takes=H36M_TAKES, extra=EXTRA_2D, meta=None) -> tuple[P
             world = _world(rng, t + extra.get((subject, action), 0), 32)
             pos3d[subject][action] = world[:t]
             pos2d[subject][action] = [
-                _to_pixels(_to_cam(world[:, list(H36M32_TO_17)], ext), intr)
+                _synth.h36m_pixels(_synth.world_to_cam(world[:, list(H36M32_TO_17)], ext), intr)
                 for intr, ext in zip(RAW["h36m"]["intrinsic"], RAW["h36m"]["extrinsic"][subject])]
     p3, p2 = d / "data_3d_h36m.npz", d / "data_2d_h36m_gt.npz"
     np.savez_compressed(p3, positions_3d=pos3d)
@@ -115,7 +103,7 @@ def test_h36m_ids_joint_reduction_and_discard(h36m) -> None:
     assert j3.shape == (7, 17, 3) and j3.dtype == np.float32
     np.testing.assert_array_equal(j3w, world32[:, list(H36M32_TO_17)])
     ext = RAW["h36m"]["extrinsic"]["S1"][1]
-    np.testing.assert_allclose(j3, _to_cam(j3w, ext), atol=2e-6)  # absolute, not root-relative
+    np.testing.assert_allclose(j3, _synth.world_to_cam(j3w, ext), atol=2e-6)  # absolute, not root-relative
     cam = Camera.from_attrs(info.attrs["camera_params"])
     np.testing.assert_allclose(camera_to_world(j3, cam.orientation, cam.translation), j3w, atol=2e-6)
 
@@ -164,7 +152,7 @@ def test_humaneva_import_and_only_2d_policies(tmp_path) -> None:
     assert info.attrs["camera_params"]["intrinsic"] is None and info.attrs["camera_params"]["id"] == "C2"
     ext = RAW["humaneva"]["extrinsic"]["S1"][1]
     np.testing.assert_allclose(gt.read(info.seq_id, "joints_3d"),
-                               _to_cam(gt.read(info.seq_id, "joints_3d_world"), ext), atol=2e-6)
+                               _synth.world_to_cam(gt.read(info.seq_id, "joints_3d_world"), ext), atol=2e-6)
     skip = import_videopose3d(p3, [p2], "humaneva15", tmp_path / "skip", only_in_2d="skip")
     assert Cache(skip.keypoint_paths["gt"]).ids == gt.ids
     # Protocol: README HumanEva recipe (Walk, Jog, Box; Gestures excluded), by subject.

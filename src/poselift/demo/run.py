@@ -64,7 +64,7 @@ def _baseline_mpjpe_mm(train, test) -> float:
     return float(np.concatenate(errs).mean() * 1000)
 
 
-def run_demo(out: Path, *, epochs: int = 30, frames: int = 80, channels: int = 256,
+def run_demo(out: Path, *, epochs: int = 60, frames: int = 80, channels: int = 256,
              feature_step: int = 4, skip_features: bool = False, progress: bool = True) -> dict:
     from poselift.lifting.config import LiftConfig
     from poselift.lifting.lift_data import LiftData
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "lifter from cached 2D detections, evaluate on a held-out subject and write a report.")
     p.add_argument("--out", type=Path, default=Path("poselift_demo"),
                    help="output folder for videos, caches, checkpoint and report (default: ./poselift_demo)")
-    p.add_argument("--epochs", type=int, default=30, help="lifter training epochs (default 30)")
+    p.add_argument("--epochs", type=int, default=60, help="lifter training epochs (default 60)")
     p.add_argument("--frames", type=int, default=80, help="frames per clip at 25 fps (default 80)")
     p.add_argument("--channels", type=int, default=256, help="lifter width (default 256; the paper uses 1024)")
     p.add_argument("--feature-step", type=int, default=4,
