@@ -55,7 +55,8 @@ def add_keypoints_parser(sub: Any) -> None:
     m.add_argument("--tracker-max-age", type=int, default=30, help="frames a lost track survives")
     r = k.add_argument_group("runtime")
     r.add_argument("--batch-size", type=int, default=32, help="crops per model call (default 32)")
-    r.add_argument("--workers", type=int, default=1, help="decode/crop worker processes (default: 1)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="decode/crop worker processes (default: 0 on CPU, min(8, cores - 1) on CUDA)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
@@ -112,6 +113,7 @@ def _load_estimator(a: argparse.Namespace):
 def run_keypoints(a: argparse.Namespace) -> int:
     import torch
 
+    from .cli import resolve_workers
     from .estimators.pose_nms import PoseNMSParams
     from .keypoints import extract_keypoints
 
@@ -131,7 +133,8 @@ def run_keypoints(a: argparse.Namespace) -> int:
     nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
     params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size, num_workers=a.workers,
+    res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size,
+                            num_workers=resolve_workers(a.workers, device),
                             device=device, amp=not a.no_amp, flip_test=a.flip_test, nms_params=params,
                             use_pose_nms=nms != "off", min_box_area=a.min_box_area,
                             tracker_iou=a.tracker_iou, tracker_max_age=a.tracker_max_age,

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli import contract_from_args, load_backbone, specs_from_args
+from .cli import contract_from_args, load_backbone, resolve_workers, specs_from_args
 
 __all__ = ["main", "build_parser", "run_sharded"]
 
@@ -105,7 +105,7 @@ def run_sharded(a: argparse.Namespace) -> int:
     status: dict[str, Any] = {"rank": info.rank, "written": 0, "failed": 0}
     if todo or info.world_size == 1:
         res = extract_features(todo, target, model, contract, batch_size=a.batch_size,
-                               num_workers=a.workers, device=device, dtype=a.dtype, weights_sha256=sha,
+                               num_workers=resolve_workers(a.workers, device), device=device, dtype=a.dtype, weights_sha256=sha,
                                extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                                fingerprint=fingerprint, compile=a.compile, amp=not a.no_amp,
                                overwrite=a.overwrite, progress=not a.no_progress)
