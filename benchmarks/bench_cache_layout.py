@@ -86,7 +86,7 @@ def read_windows(path: Path, lengths: list[int], size: int, n: int, cold: bool) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--frames", type=int, default=120_000, help="total frames per variant")
-    p.add_argument("--out", type=Path, default=Path("bench_out"))
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="scratch folder (removed afterwards)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)

@@ -109,9 +109,9 @@ def stream(path: Path, seconds: float, batch: int = 32) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=10_000_000)
-    p.add_argument("--seq-len", type=int, default=2000)
-    p.add_argument("--out", type=Path, default=Path("large_features.h5"))
+    p.add_argument("--frames", type=int, default=10_000_000, help="frames to build (capped at 45 %% of free disk)")
+    p.add_argument("--seq-len", type=int, default=2000, help="frames per sequence (default 2000)")
+    p.add_argument("--out", type=Path, default=Path("large_features.h5"), help="the cache file to build")
     p.add_argument("--seconds", type=float, default=30.0, help="per streaming phase")
     p.add_argument("--reuse", action="store_true", help="stream an existing --out without rebuilding")
     p.add_argument("--keep", action="store_true", help="keep the file afterwards")

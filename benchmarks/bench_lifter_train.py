@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="batch for h36m243 (default 1024 as the recipe; 128 keeps a 2-core CPU run short)")
     p.add_argument("--data-batches", type=int, default=50, help="batches timed for the data-path comparison")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the synthetic caches go (reused)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     a = p.parse_args(argv)
     if a.threads:

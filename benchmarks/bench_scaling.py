@@ -93,11 +93,11 @@ def bench_train(gt: Path, kp: Path, out: Path, nproc: int, channels: int) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("scaling"))
-    p.add_argument("--videos", type=int, default=8)
-    p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--base-width", type=int, default=32)
-    p.add_argument("--channels", type=int, default=256)
+    p.add_argument("--out", type=Path, default=Path("scaling"), help="scratch folder for videos and caches")
+    p.add_argument("--videos", type=int, default=8, help="synthetic videos to extract (default 8)")
+    p.add_argument("--frames", type=int, default=60, help="frames per video (default 60)")
+    p.add_argument("--base-width", type=int, default=32, help="ResNet-50 base width (64 = full size; default 32)")
+    p.add_argument("--channels", type=int, default=256, help="lifter channels for the training part (default 256)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     manifest = make_videos(a.out / "videos", a.videos, a.frames)

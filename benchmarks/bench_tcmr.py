@@ -17,14 +17,14 @@ import torch
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--feat-dim", type=int, default=2048)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--feat-dim", type=int, default=2048, help="feature width (2048 = release)")
+    p.add_argument("--hidden", type=int, default=1024, help="GRU hidden size (1024 = release)")
+    p.add_argument("--layers", type=int, default=2, help="GRU layers (2 = release)")
+    p.add_argument("--batch", type=int, default=32, help="windows per step (32 = release)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--frames", type=int, default=3000, help="frames per synthetic dataset")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

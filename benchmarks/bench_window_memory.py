@@ -43,10 +43,10 @@ def build(path: Path, frames: int, seq_len: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--frames", type=int, default=1_000_000)
-    p.add_argument("--seq-len", type=int, default=1000)
+    p.add_argument("--frames", type=int, default=1_000_000, help="frames in the features cache (default 1 M = 3.8 GiB)")
+    p.add_argument("--seq-len", type=int, default=1000, help="frames per sequence (default 1000)")
     p.add_argument("--windows", type=int, default=20000, help="windows read per measurement")
-    p.add_argument("--out", type=Path, default=Path("bench_out"))
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for the cache file")
     p.add_argument("--keep", action="store_true", help="keep the cache file afterwards")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
