@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +54,16 @@ def _extract(clips, root: Path, frame_step: int, batch_size: int, progress: bool
             "written": len(res.written), "skipped": len(res.skipped)}
 
 
+def _reset_if_settings_changed(data: Path, settings: dict) -> None:
+    """Re-running the demo resumes its caches; with other settings it starts them afresh
+    (the caches' headers would otherwise refuse the new inputs, as they should)."""
+    marker = data / "settings.json"
+    if data.exists() and (not marker.exists() or json.loads(marker.read_text()) != settings):
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(settings))
+
+
 def _baseline_mpjpe_mm(train, test) -> float:
     """A constant mean pose (average root-relative training pose) for every test frame."""
     from poselift.evaluation import mpjpe
@@ -74,6 +85,7 @@ def run_demo(out: Path, *, epochs: int = 60, frames: int = 80, channels: int = 2
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     settings = DemoSettings(frames=frames)
+    _reset_if_settings_changed(out / "data", {"settings": repr(settings), "feature_step": feature_step})
     t = time.perf_counter()
     clips, gt_path, det_path = build_demo_data(out / "data", settings, progress=progress)
     timings["render_and_caches_s"] = time.perf_counter() - t
