@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = f.add_argument_group("model")
     m.add_argument("--backbone", default="resnet50",
                    help="variant from BACKBONES: resnet18/34/50/101/152 or hmr (default: resnet50)")
-    m.add_argument("--weights", help="checkpoint file (torchvision .pth or SPIN/HMR .pth.tar)")
+    m.add_argument("--weights", help="checkpoint file (torchvision .pth or SPIN/HMR .pth.tar) or a zoo "
+                   "name (resnet50-imagenet-v1, spin-hmr; see `poselift weights list`)")
     m.add_argument("--weights-format", default="auto", choices=["auto", "torchvision", "spin"],
                    help="checkpoint layout; auto = spin if it holds {'model': ...} with an HMR "
                         "regressor, else torchvision (default: auto)")
@@ -212,6 +213,10 @@ def load_backbone(a: argparse.Namespace):
             raise ValueError("give --weights CHECKPOINT, or --random-init for an untrained backbone")
         torch.manual_seed(a.seed)
         return BACKBONES[a.backbone](base_width=a.base_width), f"random-init:seed={a.seed}"
+    from poselift.zoo import resolve_weights, weights_name
+
+    zoo_name = weights_name(a.weights)  # recorded in the cache's provenance beside the sha256
+    a.weights = str(resolve_weights(a.weights))
     obj = load_checkpoint(a.weights, trust=a.trust_checkpoint)
     fmt = a.weights_format
     if fmt == "auto":
@@ -223,7 +228,7 @@ def load_backbone(a: argparse.Namespace):
     if want != model.depth:
         raise ValueError(f"{a.weights}: holds a ResNet-{model.depth}, but --backbone is {a.backbone}")
     sha = file_sha256(a.weights)
-    model.load_info.update(source=a.weights, sha256=sha)
+    model.load_info.update(source=a.weights, sha256=sha, **({"weights_name": zoo_name} if zoo_name else {}))
     return model, sha
 
 

@@ -37,7 +37,8 @@ def add_keypoints_parser(sub: Any) -> None:
     m = k.add_argument_group("estimator")
     m.add_argument("--estimator", required=True, choices=["sikr", "famipose"],
                    help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
-    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth")
+    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth, or a zoo name "
+                   "(alphapose-fastpose-coco17; see `poselift weights list`)")
     m.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of --weights (runs code from the file: trusted files only)")
     m.add_argument("--fami-config", default="release", choices=["release", "paper"],
@@ -91,8 +92,13 @@ def load_keypoint_manifest(entries: Sequence[dict[str, Any]], base: Path, min_sc
 
 
 def _load_estimator(a: argparse.Namespace):
+    from poselift.zoo import resolve_weights, weights_name
+
     from .backbones import file_sha256
     from .estimators.contracts import famipose_contract, fastpose_contract
+
+    zoo_name = weights_name(a.weights)
+    a.weights = str(resolve_weights(a.weights))
 
     over = {"input_size": tuple(a.input_size)} if a.input_size else {}
     if a.estimator == "sikr":
@@ -107,6 +113,7 @@ def _load_estimator(a: argparse.Namespace):
         cfg = dataclasses.replace(PAPER if a.fami_config == "paper" else RELEASE,
                                   feature_size=contract.heatmap_size)
         model = load_famipose(a.weights, cfg, trust=a.trust_checkpoint)
+    model.zoo_name = zoo_name  # extract_keypoints records it in the cache's provenance
     return model, contract, file_sha256(a.weights)
 
 

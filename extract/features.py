@@ -223,7 +223,8 @@ def _source_info(backbone: torch.nn.Module, extractor: str | None, weights_sha25
         raise ValueError("weights_sha256 is required: the sha256 of the checkpoint file, or "
                          "'random-init:seed=<n>' for an untrained backbone")
     name = extractor or (f"resnet{backbone.depth}" if hasattr(backbone, "depth") else type(backbone).__name__)
-    return {"extractor": name, "weights_sha256": sha, "contract": contract.to_dict(),
+    zoo = {"weights_name": info["weights_name"]} if info.get("weights_name") else {}  # zoo provenance
+    return {"extractor": name, "weights_sha256": sha, **zoo, "contract": contract.to_dict(),
             "feature_dim": int(getattr(backbone, "feature_dim", 0)), "dtype": np.dtype(dtype).name}
 
 

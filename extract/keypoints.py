@@ -196,6 +196,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
               "contract": contract.to_dict(), "decode": contract.decode,
               "coordinates": "image px, pixel-index convention (integer = pixel centre, no +0.5)",
               "num_joints": k}
+    if getattr(estimator, "zoo_name", None):  # set when the weights were given by zoo name
+        source["weights_name"] = estimator.zoo_name
     if fami:
         source["fami"] = {"tube_length": int(tube_length), "config": asdict(estimator.config),
                           "track_before_estimator": f"iou>={tracker_iou}, max_age={tracker_max_age}"}

@@ -23,6 +23,7 @@ import torch.nn as nn
 from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
 from poselift.lifting.smpl_model import build_spin_smpl, load_extra_regressor
 from poselift.lifting.tcmr import TCMR, VIBE
+from poselift.zoo import resolve_weights
 
 __all__ = ["CheckpointError", "TCMRCheckpointConfig", "read_tcmr_checkpoint",
            "infer_tcmr_config", "load_tcmr_state_dict", "load_tcmr", "SMPL_PREFIX"]
@@ -141,7 +142,7 @@ def load_tcmr(path: str | Path, body_model_dir: str | Path, *,
     """Build TCMR or VIBE from a released checkpoint; returns the model in eval mode.
 
     Args:
-        path: ``.pth.tar`` (``gen_state_dict`` inside) or a bare state dict file.
+        path: ``.pth.tar`` (``gen_state_dict`` inside), a bare state dict file, or a zoo name.
         body_model_dir: holds ``SMPL_NEUTRAL.{npz,pkl}`` and ``J_regressor_extra.npy``.
         J_regressor: None (49 SPIN joints), ``'h36m'`` (``J_regressor_h36m.npy`` from
             ``body_model_dir``), a ``.npy`` path or a (17, V) array: eval outputs then carry
@@ -151,6 +152,7 @@ def load_tcmr(path: str | Path, body_model_dir: str | Path, *,
         vibe_use_residual: VIBE's residual flag (not recorded in the weights).
         seq_len: TCMR window length (16 in every release).
     """
+    path = resolve_weights(path)  # a zoo name ("tcmr-demo", "vibe-wo-3dpw") or a path
     ckpt = read_tcmr_checkpoint(path, trust_pickle=trust_pickle, map_location=map_location)
     sd = {k[len("module."):] if k.startswith("module.") else k: v
           for k, v in ckpt["gen_state_dict"].items()}

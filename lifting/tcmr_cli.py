@@ -55,8 +55,9 @@ def parse_frames(text: str) -> slice:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="poselift TCMR checkpoint (best.pt / last.pt) or a released TCMR/VIBE .pth.tar")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True,
+                   help="poselift TCMR checkpoint (best.pt / last.pt), a released TCMR/VIBE .pth.tar, "
+                   "or a zoo name (tcmr-demo, vibe-wo-3dpw; see `poselift weights list`)")
     p.add_argument("--body-model-dir", required=True, help="SMPL files (see poselift-train tcmr)")
     p.add_argument("--cache-dir", required=True, help="folder with <source>_features.h5 and <source>_gt.h5")
     p.add_argument("--source", required=True, help="cache name prefix, e.g. 3dpw_test")

@@ -32,6 +32,7 @@ from .rotations import axis_angle_to_rotmat
 from .smpl_model import build_spin_smpl, load_extra_regressor
 from .tcmr import TCMR
 from .tcmr_ckpt import load_tcmr, load_tcmr_state_dict
+from poselift.zoo import resolve_weights
 from .tcmr_data import TCMRSource, TCMRWindowData, eval_windows, spin49_index
 
 __all__ = ["TCMRProtocol", "PROTOCOLS", "MPII3D_TEST_FROM_SPIN49", "MPII3D_TEST_NAMES",
@@ -66,6 +67,7 @@ def load_tcmr_any(path: str | Path, body_model_dir: str | Path, *,
     """A poselift TCMR checkpoint (``train_tcmr``) or a released TCMR/VIBE ``.pth.tar``.
 
     Returns (model in eval mode on ``device``, info dict with 'kind' and 'model')."""
+    path = resolve_weights(path)  # zoo names ("tcmr-demo") are fetched once into the cache
     try:
         ck = load_checkpoint(path, map_location="cpu")
     except CheckpointError:

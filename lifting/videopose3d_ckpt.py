@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from poselift.datasets.safe_pickle import safe_torch_load
+from poselift.zoo import resolve_weights
 from poselift.lifting.temporal_conv import TemporalModel, TemporalModelBase, validate_filter_widths
 
 __all__ = [
@@ -178,14 +179,14 @@ def load_videopose3d(path: str | os.PathLike[str], causal: bool = False, dense: 
                      in_features: int = 2,
                      filter_widths: Sequence[int] | None = None,
                      ) -> tuple[TemporalModel, TemporalModel | None]:
-    """Load a VideoPose3D ``.bin``; returns ``(model_pos, model_traj or None)`` in eval mode.
+    """Load a VideoPose3D ``.bin`` (path or zoo name); returns ``(model_pos, model_traj or None)``.
 
     Models take (B, T, J_in, in_features) and return (B, T - RF + 1, J_out, 3);
     ``model_traj`` has J_out = 1. Pickled globals are restricted to numpy arrays,
     scalars and RandomState (numpy 1.x and 2 spellings); ``trust_pickle=True``
     allows full unpickling. Errors name the file and the offending key/layer.
     """
-    src = os.fspath(path)
+    src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
     ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
     if not isinstance(ckpt, Mapping):
         raise CheckpointFormatError(f"{src}: expected a dict checkpoint, got {type(ckpt).__name__}")

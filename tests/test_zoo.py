@@ -72,7 +72,7 @@ def test_table_covers_the_published_checkpoints() -> None:
 def test_unknown_name_suggests_the_closest(home: Path) -> None:
     with pytest.raises(UnknownWeightsError, match="did you mean videopose3d-h36m-cpn"):
         get_entry("videopose3d-h36m-cp")
-    with pytest.raises(UnknownWeightsError, match="yolox-s"):
+    with pytest.raises(FileNotFoundError, match="no such file, and unknown weights name 'yolox_s'.*yolox-s"):
         resolve_weights("yolox_s")
     assert weights_main(["info", "resnet50-imagenet"]) == 1
 

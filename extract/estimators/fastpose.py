@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poselift.zoo import resolve_weights
+
 __all__ = [
     "SELayer", "Bottleneck", "SEResNet", "DUC", "FastPose", "FASTPOSE_VARIANTS",
     "RESNET_DEPTHS", "fastpose_config_from_state_dict", "load_alphapose", "read_state_dict",
@@ -264,6 +266,7 @@ def load_alphapose(path: str | Path, num_joints: int | None = None,
     Returns the model in eval mode on ``map_location``. ``num_joints``, when given, must match
     ``conv_out``'s output channels.
     """
+    path = resolve_weights(path)  # a zoo name ("alphapose-fastpose-coco17") or a path
     source = str(path)
     sd = read_state_dict(path, map_location=map_location, trust=trust)
     cfg = fastpose_config_from_state_dict(sd, source)

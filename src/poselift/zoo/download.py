@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from .table import UNKNOWN, ZooEntry, cached_path, get_entry, is_zoo_name, weights_dir
+from .table import UNKNOWN, UnknownWeightsError, ZooEntry, cached_path, get_entry, is_zoo_name, weights_dir
 
 __all__ = ["WeightsError", "fetch", "resolve_weights", "weights_name", "file_sha256",
            "recorded_sha256", "GDRIVE_URL"]
@@ -286,14 +286,18 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
     """A checkpoint path for a zoo name (fetched when needed) or a path (returned as is).
 
     Anything that exists, contains a path separator or ends in a checkpoint suffix is a
-    path; anything else must be a zoo name (an unknown one raises with suggestions).
+    path; anything else must be a zoo name (an unknown one raises FileNotFoundError naming
+    the closest names).
     """
     s = os.fspath(name_or_path)
     if is_zoo_name(s):
         return fetch(s)
     if os.path.exists(s) or os.sep in s or "/" in s or "." in Path(s).name:
         return Path(s)
-    get_entry(s)  # raises UnknownWeightsError naming the closest names
+    try:
+        get_entry(s)
+    except UnknownWeightsError as e:  # loaders' callers expect a missing file to be this error
+        raise FileNotFoundError(f"{s}: no such file, and {e}") from None
     return Path(s)
 
 
