@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("POSELIFT_HOME", str(tmp_path / "home"))
     for k in ("POSELIFT_OFFLINE", "POSELIFT_WEIGHTS_MIRROR", "POSELIFT_ZOO_EXTRA"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(dl, "BACKOFF_S", 0.0)
     tbl._load.cache_clear()
     return tmp_path / "home" / "weights"
 
@@ -131,6 +133,16 @@ def test_resume_after_the_server_cuts_the_connection(server, home, monkeypatch) 
     assert [g["range"] for g in gets] == [None, f"bytes={len(data) // 2}-"]
 
 
+def test_resume_from_a_server_that_ignores_range(server, home, monkeypatch) -> None:
+    data = _payload(64_000, 6)
+    server.files["yolox_m.pth"] = data
+    server.cut.add("yolox_m.pth")
+    server.ignore_range = True
+    monkeypatch.setenv("POSELIFT_WEIGHTS_MIRROR", server.url)
+    assert fetch("yolox-m", progress=False).read_bytes() == data  # not the half file twice
+    assert len(server.gets("yolox_m.pth")) == 2
+
+
 def test_offline_and_network_errors_are_one_line_with_url_and_path(home, monkeypatch) -> None:
     dest = home / "pretrained_h36m_cpn.bin"
     monkeypatch.setenv("POSELIFT_OFFLINE", "1")
@@ -198,15 +210,40 @@ def test_archive_member_is_extracted(server, home, tmp_path, monkeypatch) -> Non
         fetch("t-c")
 
 
+def test_truncated_tar_archive_is_removed_and_fetched_again(server, home, monkeypatch) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, payload in [("data/J_regressor_extra.npy", _payload(3000, 7)),
+                              ("data/smpl_mean_params.npz", _payload(2000, 8))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    whole = buf.getvalue()
+    server.files["spin_data.tar.gz"] = whole[: len(whole) // 2]  # a truncated upload
+    monkeypatch.setenv("POSELIFT_WEIGHTS_MIRROR", server.url)
+    with pytest.raises(WeightsError, match="unreadable archive.*removed, run again"):
+        fetch("spin-j-regressor-extra", progress=False)
+    assert not (home / "archives" / "spin_data.tar.gz").exists()
+    server.files["spin_data.tar.gz"] = whole
+    assert fetch("spin-j-regressor-extra", progress=False).read_bytes() == _payload(3000, 7)
+    assert fetch("spin-smpl-mean-params", progress=False).read_bytes() == _payload(2000, 8)
+
+
 def test_two_processes_fetch_once(server, home, tmp_path) -> None:
+    """Both processes block on the lock (held here first); one downloads, the other then finds the file."""
     data = _payload(40_000, 4)
     server.files["yolox_tiny.pth"] = data
-    server.delay = 0.02  # ten chunks: about 0.2 s, long enough for the second process to wait
+    server.delay = 0.01
     env = {**os.environ, "POSELIFT_HOME": str(home.parent), "POSELIFT_WEIGHTS_MIRROR": server.url,
            "PYTHONSAFEPATH": "1"}
     code = "import sys; from poselift.zoo.cli import main; sys.exit(main(['fetch', 'yolox-tiny', '--no-progress']))"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    home.mkdir(parents=True)
+    with dl._locked(home, "yolox_tiny.pth"):
+        procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for p in procs:  # each says so right before it blocks on the lock
+            assert "waiting for another process" in p.stderr.readline()
+        assert server.gets("yolox_tiny.pth") == []
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert {o[0].strip() for o in outs} == {str(home / "yolox_tiny.pth")}

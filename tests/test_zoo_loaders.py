@@ -75,6 +75,35 @@ def test_alphapose_and_backbone_by_name_from_the_zoo_folder(home, monkeypatch) -
         load_alphapose("alphapose-fastpose-coco")
 
 
+def test_extract_keypoints_cli_with_weights_name(tmp_path, home, monkeypatch) -> None:
+    import cv2
+    from test_extract_keypoints import N_FRAMES, tiny_fastpose
+
+    from poselift.extract.cli import main as cli_main
+    from poselift.zoo import file_sha256
+
+    monkeypatch.setenv("POSELIFT_OFFLINE", "1")  # placed in the zoo folder by hand
+    torch.save(tiny_fastpose().state_dict(), home / "halpe26_fast_res50_256x192.pth")
+    video = tmp_path / "clip.mp4"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (160, 120))
+    for i in range(N_FRAMES):
+        f = np.full((120, 160, 3), 90, np.uint8)
+        cv2.rectangle(f, (30 + 2 * i, 20), (70 + 2 * i, 100), (20, 200, 40), -1)
+        vw.write(f)
+    vw.release()
+    dets = [{"image_id": i, "category_id": 1, "bbox": [30 + 2 * i, 20, 40, 80], "score": 0.9}
+            for i in range(N_FRAMES)]
+    (tmp_path / "det.json").write_text(json.dumps(dets))
+    out = tmp_path / "kp.h5"
+    assert cli_main(["keypoints", str(out), "--estimator", "sikr", "--weights", "alphapose-fastpose-halpe26",
+                     "--video", str(video), "--boxes", str(tmp_path / "det.json"), "--box-format", "coco",
+                     "--input-size", "64", "48", "--workers", "0", "--batch-size", "4", "--no-progress",
+                     "--device", "cpu"]) == 0
+    with Cache(out) as c:
+        assert c.header.source["weights_name"] == "alphapose-fastpose-halpe26"
+        assert c.header.source["weights_sha256"] == file_sha256(home / "halpe26_fast_res50_256x192.pth")
+
+
 def test_extract_features_cli_with_weights_name_records_provenance(tmp_path, home, monkeypatch) -> None:
     from test_extract_features import CONTRACT, by_hand, track, write_video
 

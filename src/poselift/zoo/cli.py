@@ -15,7 +15,8 @@ def _size(n: int | None) -> str:
 
 
 def _list(a: argparse.Namespace) -> int:
-    rows = [(e.name, _size(e.size_bytes), "manual" if e.manual else "",
+    rows = [(e.name, _size(cached_path(e).stat().st_size if cached_path(e).is_file() else e.size_bytes),
+             "manual" if e.manual else "",
              "cached" if cached_path(e).is_file() else "-", e.licence.split(";")[0][:48])
             for e in load_table().values()]
     print(f"{'name':<36} {'size':>9} {'':<6} {'cache':<6} licence   (cache: {weights_dir()})")

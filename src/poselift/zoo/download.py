@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +34,7 @@ GDRIVE_URL = "https://drive.google.com/uc?export=download"
 CHUNK = 1 << 16
 ATTEMPTS = 3
 TIMEOUT_S = 60.0
+BACKOFF_S = 1.0  # wait BACKOFF_S, 2*BACKOFF_S between attempts (transient network trouble)
 
 
 class WeightsError(RuntimeError):
@@ -160,7 +162,9 @@ def _one_attempt(url: str, part: Path, label: str, progress: bool) -> None:
         raise
     with resp:
         status = getattr(resp, "status", 200)
-        mode = "ab" if status == 206 and offset else "wb"
+        rng = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+        resumed = status == 206 and offset and rng is not None and int(rng.group(1)) == offset
+        mode = "ab" if resumed else "wb"  # a server that ignores Range sends the whole file
         if mode == "wb":
             offset = 0
         length = resp.headers.get("Content-Length")
@@ -193,7 +197,9 @@ def _download(entry: ZooEntry, file: str, dest: Path, progress: bool) -> None:
     part = dest.with_name(dest.name + ".part")
     errors = []
     for url in urls:
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
                 _one_attempt(url, part, file, progress)
                 os.replace(part, dest)
@@ -211,6 +217,25 @@ def _download(entry: ZooEntry, file: str, dest: Path, progress: bool) -> None:
 def _extract_member(entry: ZooEntry, archive: Path, dest: Path) -> None:
     member = entry.archive["member"]  # type: ignore[index]
     tmp = dest.with_name(dest.name + ".part")
+    try:
+        names = _copy_member(archive, member, tmp)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        archive.unlink()  # truncated or corrupt: the next run downloads it again
+        raise WeightsError(f"{archive}: unreadable archive ({e}); removed, run again to re-download, "
+                           f"or {_by_hand(entry, dest)}") from None
+    if names is None:
+        archive.unlink()
+        raise WeightsError(f"{archive}: neither a zip nor a tar archive (removed; run again to "
+                           f"re-download), or {_by_hand(entry, dest)}")
+    if not names:
+        raise WeightsError(f"{archive}: holds no member named {member} for weights "
+                           f"{entry.name!r}; {_by_hand(entry, dest)}")
+    os.replace(tmp, dest)
+
+
+def _copy_member(archive: Path, member: str, tmp: Path) -> list[str] | None:
+    """Copy the first member whose base name is ``member`` to ``tmp``; the matches, or None
+    when ``archive`` is neither zip nor tar."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             names = [n for n in zf.namelist() if Path(n).name == member]
@@ -225,13 +250,8 @@ def _extract_member(entry: ZooEntry, archive: Path, dest: Path) -> None:
                 with src, open(tmp, "wb") as out:  # type: ignore[union-attr]
                     shutil.copyfileobj(src, out)
     else:
-        archive.unlink()
-        raise WeightsError(f"{archive}: neither a zip nor a tar archive (removed; run again to "
-                           f"re-download), or {_by_hand(entry, dest)}")
-    if not names:
-        raise WeightsError(f"{archive}: holds no member named {member} for weights "
-                           f"{entry.name!r}; {_by_hand(entry, dest)}")
-    os.replace(tmp, dest)
+        return None
+    return names
 
 
 def _check_hash(entry: ZooEntry, dest: Path, quiet: bool) -> None:
@@ -240,6 +260,8 @@ def _check_hash(entry: ZooEntry, dest: Path, quiet: bool) -> None:
     ok = got == want if want else (got.startswith(entry.sha256_prefix) if entry.sha256_prefix else True)
     if not ok:
         dest.unlink()
+        if entry.archive:  # the member came from a cached archive: fetch that again too
+            (dest.parent / "archives" / entry.archive["file"]).unlink(missing_ok=True)
         expect = want or f"a hash starting {entry.sha256_prefix}"
         raise WeightsError(f"{dest.name} for weights {entry.name!r} has sha256 {got}, expected "
                            f"{expect}: corrupt or changed upstream; the file was removed, run again "
