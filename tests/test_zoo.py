@@ -159,6 +159,14 @@ def test_offline_and_network_errors_are_one_line_with_url_and_path(home, monkeyp
     assert "\n" not in msg and "could not download pretrained_h36m_cpn.bin" in msg and str(dest) in msg
 
 
+def test_a_web_page_is_not_taken_for_the_file(server, home, monkeypatch) -> None:
+    monkeypatch.setenv("POSELIFT_WEIGHTS_MIRROR", server.url + "/uc?x=")  # serves an HTML page
+    with pytest.raises(WeightsError, match="web page instead of the file"):
+        fetch("yolox-l", progress=False)
+    assert not (home / "yolox_l.pth").exists() and not (home / "yolox_l.pth.part").exists()
+    assert len(server.log) == 1  # not retried
+
+
 def test_manual_entry_says_where_to_put_it(home) -> None:
     with pytest.raises(WeightsError, match="manual download.*smplify.*" + str(home / "SMPL_NEUTRAL.pkl")):
         fetch("smpl-neutral")

@@ -45,6 +45,10 @@ class _Interrupted(Exception):
     pass
 
 
+class _NotAFile(Exception):
+    """The host answered with a web page (expired link, login or consent page): not retried."""
+
+
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -160,6 +164,10 @@ def _one_attempt(url: str, part: Path, label: str, progress: bool) -> None:
             part.unlink()
             raise _Interrupted("server refused the resume range; restarting") from None
         raise
+    if "text/html" in resp.headers.get("Content-Type", ""):
+        resp.close()
+        raise _NotAFile("the host answered with a web page instead of the file (moved, expired or "
+                        "needs a browser)")
     with resp:
         status = getattr(resp, "status", 200)
         rng = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
@@ -204,10 +212,12 @@ def _download(entry: ZooEntry, file: str, dest: Path, progress: bool) -> None:
                 _one_attempt(url, part, file, progress)
                 os.replace(part, dest)
                 return
-            except (_Interrupted, urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            except (_Interrupted, _NotAFile, urllib.error.URLError, http.client.HTTPException,
+                    OSError) as e:
                 reason = getattr(e, "reason", None) or str(e) or type(e).__name__
                 errors.append(f"{url}: {reason}")
-                if isinstance(e, urllib.error.HTTPError) and e.code in (401, 403, 404):
+                if isinstance(e, _NotAFile) or (isinstance(e, urllib.error.HTTPError)
+                                                and e.code in (401, 403, 404)):
                     break  # not transient: try the next URL
     kept = f" (partial download kept at {part}, resumed next time)" if part.exists() else ""
     raise WeightsError(f"could not download {file} for weights {entry.name!r} from "
