@@ -277,6 +277,10 @@ def _check_hash(entry: ZooEntry, dest: Path, quiet: bool) -> None:
                            f"{expect}: corrupt or changed upstream; the file was removed, run again "
                            f"to re-download, or {_by_hand(entry, dest)}")
     if not want:
+        prev = recorded_sha256(dest)
+        if prev and prev != got:  # no published hash to judge by: say so, keep the new file
+            _say(f"poselift weights: warning: {dest.name} now has sha256 {got}, an earlier download "
+                 f"had {prev} (changed upstream?)")
         _sidecar(dest).write_text(f"{got}  {dest.name}\n")
         if not quiet:
             _say(f"poselift weights: sha256 of {dest.name} = {got} (recorded in "
@@ -293,7 +297,8 @@ def fetch(name: str, *, progress: bool = True, quiet: bool = False) -> Path:
     if entry.manual:
         raise WeightsError(f"weights {name!r} need a manual download: "
                            f"{(entry.manual_instructions or '').rstrip('.')}; place the file at {dest}")
-    if _offline():
+    archive = folder / "archives" / entry.archive["file"] if entry.archive else None
+    if _offline() and not (archive and archive.is_file()):  # a cached archive needs no network
         raise WeightsError(f"weights {name!r}: {entry.file} is not in the cache and POSELIFT_OFFLINE=1; "
                            f"{_by_hand(entry, dest)}")
     _writable_dir(entry, folder, dest)
@@ -302,12 +307,11 @@ def fetch(name: str, *, progress: bool = True, quiet: bool = False) -> Path:
             return dest
         if not quiet and entry.noncommercial:
             _say(f"poselift weights: {name} is licensed {entry.licence}")
-        if entry.archive:
-            arch = folder / "archives" / entry.archive["file"]
-            if not arch.is_file():
-                arch.parent.mkdir(exist_ok=True)
-                _download(entry, entry.archive["file"], arch, progress)
-            _extract_member(entry, arch, dest)
+        if archive:
+            if not archive.is_file():
+                archive.parent.mkdir(exist_ok=True)
+                _download(entry, archive.name, archive, progress)
+            _extract_member(entry, archive, dest)
         else:
             _download(entry, entry.file, dest, progress)
         _check_hash(entry, dest, quiet)
