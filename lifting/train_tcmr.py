@@ -61,7 +61,7 @@ class TCMRConfig:
     val_protocol: str = "3dpw"
     test: list[str] = field(default_factory=lambda: ["3dpw_test"])
     body_model_dir: str = "data/base_data"
-    pretrained_regressor: str = ""                       # SPIN checkpoint (['model'] fc1..deccam)
+    pretrained_regressor: str = ""                       # SPIN checkpoint (['model'] fc1..deccam) or zoo name
     # model (release: 2 layers, hidden 1024)
     n_layers: int = 2
     hidden_size: int = 1024
@@ -136,7 +136,9 @@ def build_tcmr(cfg: TCMRConfig) -> TCMR:
 
 def _load_spin_regressor(model: TCMR, path: str) -> None:
     from poselift.datasets.safe_pickle import safe_torch_load
+    from poselift.zoo import resolve_weights
 
+    path = str(resolve_weights(path))  # a zoo name ("spin-hmr") or a path
     ck = safe_torch_load(path)
     sd = ck.get("model", ck) if isinstance(ck, dict) else None
     if not isinstance(sd, dict):
