@@ -35,6 +35,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..datasets.joints import COCO17_SIGMAS
+from .detections import VideoDetections
 
 __all__ = ["TrackerParams", "Track", "TrackingResult", "PoseTracker", "track_people",
            "box_iou_matrix", "oks_matrix", "plot_tracks"]
@@ -94,6 +95,35 @@ class TrackingResult:
     track_ids: list[np.ndarray]
     tracks: dict[int, Track]
     num_frames: int
+
+    def to_video_detections(self, video_id: str, source: str | os.PathLike,
+                            frame_index: np.ndarray | None = None, include_interpolated: bool = True,
+                            attrs: dict | None = None) -> VideoDetections:
+        """The confirmed tracks as :class:`~poselift.extract.detections.VideoDetections` (the
+        flat per-box form the extraction caches use), rows sorted by frame then track id.
+
+        Detections in no confirmed track are left out. Interpolated rows (included by default,
+        so the 2D stage also runs on the filled frames) carry score 0, which no detection kept
+        by a positive confidence threshold has; ``attrs["interpolated_rows"]`` counts them.
+        ``frame_index`` maps tracker frames to source frame numbers (default 0..F-1).
+        """
+        fi = np.arange(self.num_frames) if frame_index is None else np.asarray(frame_index, np.int64)
+        if len(fi) != self.num_frames:
+            raise ValueError(f"video {video_id!r}: {len(fi)} frame numbers for {self.num_frames} frames")
+        pos, boxes, scores, ids = [np.zeros(0, np.int64)], [np.zeros((0, 4), np.float32)], \
+            [np.zeros(0, np.float32)], [np.zeros(0, np.int64)]
+        for tid, tr in self.tracks.items():
+            rows = np.ones(len(tr.frames), bool) if include_interpolated else ~tr.interpolated
+            pos.append(tr.frames[rows])
+            boxes.append(tr.boxes[rows])
+            scores.append(tr.scores[rows])
+            ids.append(np.full(int(rows.sum()), tid, np.int64))
+        pos_a, ids_a = np.concatenate(pos), np.concatenate(ids)
+        order = np.lexsort((ids_a, pos_a))
+        scores_a = np.concatenate(scores)[order]
+        extra = {"tracker": "poselift.extract.tracking", "interpolated_rows": int((scores_a == 0).sum())}
+        return VideoDetections(video_id, source, fi, pos_a[order], np.concatenate(boxes)[order],
+                               scores_a, ids_a[order], False, {**extra, **dict(attrs or {})})
 
 
 def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -126,6 +126,11 @@ def test_occlusion_gap_is_interpolated():
     assert all(ids.tolist() == [0] for f, ids in enumerate(res.track_ids) if f not in gap)
     short = track_people(boxes, kps, params=TrackerParams(max_gap=3)).tracks
     assert list(short) == [0] and 12 not in short[0].frames and not short[0].interpolated.any()
+    flat = res.to_video_detections("clip", "clip.mp4", frame_index=np.arange(100, 100 + n))
+    assert flat.tracked and flat.det_pos.tolist() == list(range(n)) and flat.frame_index[0] == 100
+    assert np.flatnonzero(flat.scores == 0).tolist() == list(gap)
+    assert flat.attrs["interpolated_rows"] == 5 and np.allclose(flat.boxes, tr.boxes)
+    assert len(res.to_video_detections("clip", "clip.mp4", include_interpolated=False).boxes) == n - 5
     died = track_people(boxes, kps, params=TrackerParams(max_age=3))
     assert sorted(died.tracks) == [0, 1] and died.tracks[1].frames[0] == 15
     assert [int(i[0]) for i in died.track_ids[15:18]] == [1, 1, 1]  # ids given back retroactively
