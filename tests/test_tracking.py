@@ -188,3 +188,20 @@ def test_bad_inputs():
         track_people([np.zeros((0, 4))] * 2, keypoints=[np.zeros((0, 17, 3))])
     with pytest.raises(ValueError, match="frame 0: keypoints"):
         track_people([np.zeros((2, 4))], keypoints=[np.zeros((1, 17, 3))])
+
+
+def test_halpe26_extra_joints_and_xy_only_keypoints():
+    _, kp = person(100, 100)
+    rng = np.random.default_rng(4)
+    extra = np.concatenate([kp, np.concatenate([rng.uniform(0, 500, (9, 2)), np.ones((9, 1))], 1)])
+    other = extra.copy()
+    other[17:, :2] = rng.uniform(0, 500, (9, 2))  # extra joints disagree completely
+    from poselift.extract.tracking import PoseTracker
+    sig = PoseTracker()._sigmas(26)
+    assert oks_matrix(extra[None], other[None], np.array([W * H]), sig, 0.3)[0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="pass sigmas"):
+        PoseTracker()._sigmas(16)
+    seq = [[("a", 50 + 4 * f, 200, DOWN), ("b", 300 - 4 * f, 200, UP)] for f in range(20)]
+    boxes, kps, keys, _ = frames_of(seq, np.random.default_rng(5))
+    res = track_people(boxes, [k[..., :2] for k in kps])  # (K, J, 2): every joint visible
+    assert sorted(len(v) for v in id_consistency(res, keys).values()) == [1, 1]
