@@ -198,6 +198,8 @@ class PoseTracker:
         f, p = self.frame, self.p
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         k = len(boxes)
+        if k == 0:  # nothing to associate; accept any empty placeholder ([] or (0, J, 3))
+            keypoints = features = None
         if keypoints is not None:
             keypoints = np.asarray(keypoints, np.float64)
             if keypoints.ndim != 3 or len(keypoints) != k or keypoints.shape[2] not in (2, 3):

@@ -186,6 +186,8 @@ def test_bad_inputs():
         TrackerParams(min_hits=0)
     with pytest.raises(ValueError, match="keypoints has 1 frames, boxes has 2"):
         track_people([np.zeros((0, 4))] * 2, keypoints=[np.zeros((0, 17, 3))])
+    empty = track_people([[], np.zeros((0, 4))], keypoints=[[], []], features=[[], []])
+    assert empty.tracks == {} and [len(i) for i in empty.track_ids] == [0, 0]
     with pytest.raises(ValueError, match="frame 0: keypoints"):
         track_people([np.zeros((2, 4))], keypoints=[np.zeros((1, 17, 3))])
 
