@@ -29,13 +29,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from ..datasets.joints import COCO17_SIGMAS
-from .detections import VideoDetections
+
+if TYPE_CHECKING:  # imported where used: ``import poselift.extract`` stays free of scipy
+    from .detections import VideoDetections
 
 __all__ = ["TrackerParams", "Track", "TrackingResult", "PoseTracker", "track_people",
            "box_iou_matrix", "oks_matrix", "plot_tracks"]
@@ -107,6 +108,8 @@ class TrackingResult:
         by a positive confidence threshold has; ``attrs["interpolated_rows"]`` counts them.
         ``frame_index`` maps tracker frames to source frame numbers (default 0..F-1).
         """
+        from .detections import VideoDetections
+
         fi = np.arange(self.num_frames) if frame_index is None else np.asarray(frame_index, np.int64)
         if len(fi) != self.num_frames:
             raise ValueError(f"video {video_id!r}: {len(fi)} frame numbers for {self.num_frames} frames")
@@ -227,6 +230,8 @@ class PoseTracker:
 
         matched_det = np.zeros(k, bool)
         if self.live and k:
+            from scipy.optimize import linear_sum_assignment
+
             sim = self._similarity(boxes, keypoints, features)
             rows, cols = linear_sum_assignment(-np.nan_to_num(sim, nan=-1.0))
             for r, c in zip(rows, cols):
