@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,10 @@ def merge_caches(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                         res.frames += int(g.attrs["n_frames"])
                         n += 1
                 res.per_input[str(p)] = n
-            dst.attrs.update(ref.to_attrs())
+            prints: dict[str, str] = {}
+            for h in headers:  # each shard records the inputs it extracted
+                prints.update(h.input_fingerprints)
+            dst.attrs.update(dataclasses.replace(ref, input_fingerprints=prints).to_attrs())
             res.content_fingerprint = content_fingerprint(digests)
             dst.attrs["content_fingerprint"] = res.content_fingerprint
             dst.attrs["num_sequences"] = len(digests)

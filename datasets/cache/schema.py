@@ -82,6 +82,9 @@ class CacheHeader:
     inputs_fingerprint: str = ""
     units: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # One fingerprint per input (video/sequence id -> sha256): a resume re-does only the
+    # sequences of inputs whose fingerprint changed (see ``compare_headers``).
+    input_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -107,6 +110,7 @@ class CacheHeader:
             "inputs_fingerprint": self.inputs_fingerprint,
             "units": json.dumps(self.units, sort_keys=True),
             "extra": json.dumps(self.extra, sort_keys=True),
+            "input_fingerprints": json.dumps(self.input_fingerprints, sort_keys=True),
             "poselift_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -119,7 +123,8 @@ class CacheHeader:
                        joint_set=str(attrs["joint_set"]) or None,
                        source=json.loads(attrs["source"]),
                        inputs_fingerprint=str(attrs["inputs_fingerprint"]),
-                       units=json.loads(attrs["units"]), extra=json.loads(attrs.get("extra", "{}")))
+                       units=json.loads(attrs["units"]), extra=json.loads(attrs.get("extra", "{}")),
+                       input_fingerprints=json.loads(attrs.get("input_fingerprints", "{}")))
         except KeyError as e:
             raise CacheError(f"{path}: root attribute {e.args[0]!r} is missing") from None
 
@@ -151,6 +156,28 @@ def diff_identity(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
         if have.get(k) != want.get(k):
             out.append(f"{k}: file has {have.get(k)!r}, expected {want.get(k)!r}")
     return out
+
+
+def compare_headers(have: "CacheHeader", want: "CacheHeader") -> tuple[list[str], list[str]]:
+    """(setting differences, changed inputs) between a stored and a requested header.
+
+    When both record per-input fingerprints, inputs are compared one by one: the second list
+    names the inputs whose fingerprint changed (new inputs are not changes), and the overall
+    ``inputs_fingerprint`` is not a setting. Otherwise any input change is a setting difference.
+    """
+    a, b = have.identity(), want.identity()
+    if have.input_fingerprints and want.input_fingerprints:
+        a.pop("inputs_fingerprint")
+        b.pop("inputs_fingerprint")
+        changed = sorted(k for k, v in want.input_fingerprints.items()
+                         if k in have.input_fingerprints and have.input_fingerprints[k] != v)
+        return diff_identity(a, b), changed
+    return diff_identity(a, b), []
+
+
+def belongs_to(seq_id: str, inputs: "set[str] | list[str]") -> bool:
+    """Whether a sequence was made from one of ``inputs`` (its id, or ``<input>/<track>``)."""
+    return any(seq_id == k or seq_id.startswith(k + "/") for k in inputs)
 
 
 def group_name(seq_id: str) -> str:
