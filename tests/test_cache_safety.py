@@ -195,7 +195,7 @@ def test_disk_full_mid_sequence_stops_cleanly_and_resumes(tmp_path, monkeypatch)
 
     monkeypatch.setattr(h5py.Dataset, "__setitem__", full)
     with pytest.raises(CacheError, match=r"c\.h5: no space left on the device \([\d.]+ MiB free; "
-                                         r"finishing this cache needs at least [\d.]+ MiB"):
+                                         r"finishing needs at least [\d.]+ MiB"):
         st.append(feats(5))
     monkeypatch.setattr(h5py.Dataset, "__setitem__", real)
     assert not list((tmp_path / "c.h5.partial").glob("*.tmp")) and st._f is None
@@ -244,3 +244,22 @@ def test_real_write_failure_mid_sequence_gives_one_line_and_no_crash(tmp_path):
     c = Cache(p)
     assert c.ids == ["big", "small"] and len(c.read("big", "features")) == 64 * 64
     assert verify_cache(p).ok
+
+
+def test_real_disk_full_on_a_small_tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (the RLIMIT_FSIZE test covers the same path)")
+    try:
+        p = mnt / "c.h5"
+        r = subprocess.run([sys.executable, "-c", FILL, str(p), "free"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert f"{p}: no space left on the device" in r.stderr
+        assert not list((mnt / "c.h5.partial").glob("*.tmp"))
+        with CacheWriter(p, CacheHeader(kind="features", dataset="unit", inputs_fingerprint="x")) as w:
+            assert w.done() == {"small"}  # committed before the disk filled
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

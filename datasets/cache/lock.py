@@ -110,15 +110,18 @@ def disk_full_message(path: Path, parts: Path, pending_bytes: int = 0,
             return p.stat().st_size
         return sum(q.stat().st_size for q in p.glob("*") if q.is_file()) if p.is_dir() else 0
 
-    # finalize copies the old cache and every part into <cache>.tmp before the rename.
-    need = size(path) + size(parts) + pending_bytes
+    # A resume writes the lost sequence again, then finalize copies the old cache, every
+    # part and that sequence into <cache>.tmp before the rename.
+    copy = size(path) + size(parts) + pending_bytes
+    need = copy + pending_bytes
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = 0
     efbig = err is not None and (getattr(err, "errno", None) == errno.EFBIG or "File too large" in str(err))
     what = "the file-size limit (ulimit -f) was reached" if efbig else "no space left on the device"
-    return (f"{path}: {what} ({free / 2**20:.1f} MiB free; finishing this "
-            f"cache needs at least {need / 2**20:.1f} MiB more for the final copy, plus the "
-            f"sequences still to write); committed sequences are kept in {parts} - free space "
-            f"and re-run the same command to resume")
+    return (f"{path}: {what} ({free / 2**20:.1f} MiB free; finishing needs at least "
+            f"{need / 2**20:.1f} MiB: {pending_bytes / 2**20:.1f} MiB for the sequence being written "
+            f"and {copy / 2**20:.1f} MiB for the final copy, plus the sequences still to write); "
+            f"committed sequences are kept in {parts} - free space and re-run the same command "
+            f"to resume")
