@@ -206,6 +206,14 @@ def dataset_digest(h: "hashlib._Hash", name: str, dset: Any, slab: int = 4096) -
         h.update(np.ascontiguousarray(dset[s:s + slab]).view(np.uint8).reshape(-1))
 
 
+def dataset_sha256(d: Any, slab: int = 4096) -> str:
+    """sha256 of a dataset's raw bytes, read in slabs (the per-field ``sha256`` attribute)."""
+    h = hashlib.sha256()
+    for s in range(0, d.shape[0], slab):
+        h.update(np.ascontiguousarray(d[s:s + slab]).view(np.uint8).reshape(-1))
+    return h.hexdigest()
+
+
 def group_digest(group: Any) -> str:
     """Digest of a stored sequence group; equals ``sequence_digest`` of the arrays written."""
     h = hashlib.sha256()

@@ -20,8 +20,8 @@ import numpy as np
 
 from .reader import Cache
 from .schema import (REQUIRED_FIELDS, SEQ_GROUP, CacheError, CacheHeader, content_fingerprint,
-                     group_digest, validate_field)
-from .writer import _dataset_sha256, decode_attrs, partial_dir
+                     dataset_sha256, group_digest, validate_field)
+from .writer import decode_attrs, partial_dir
 
 __all__ = ["cache_info", "verify_cache", "VerifyResult"]
 
@@ -191,7 +191,7 @@ def _verify_sequence(path: Path, gname: str, g: h5py.Group, n_joints: int | None
                 validate_field(str(path), sid, name, slab, len(slab), n_joints, allow_nonfinite)
             res.problems += _check_against_header(path, sid, name, d, header)
             want = d.attrs.get("sha256")  # absent in caches written before per-field digests
-            if check_digests and want is not None and _dataset_sha256(d) != str(want):
+            if check_digests and want is not None and dataset_sha256(d) != str(want):
                 res.problems.append(f"{path}: sequence {sid!r}, field {name!r}: stored data differs "
                                     f"from its sha256 recorded at writing (corrupted or edited)")
             if deep and name == "frame_index" and n > 1:

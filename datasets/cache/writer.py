@@ -30,7 +30,7 @@ import numpy as np
 from .schema import (SEQ_GROUP, CacheError, CacheHeader, CacheMismatchError, REQUIRED_FIELDS,
                      belongs_to, compare_headers, content_fingerprint, group_digest, group_name,
                      sequence_digest, validate_field)
-from .lock import WriterLock, disk_full_message, is_disk_full
+from .lock import WriterLock, discard_writes, disk_full_message, is_disk_full
 from .storage import StoragePolicy, DEFAULT_POLICY
 
 __all__ = ["CacheWriter", "partial_dir"]
@@ -104,7 +104,7 @@ class CacheWriter:
         # while another writer holds it.
         self._lock = WriterLock(self.path)
         self._lock.acquire()
-        self._streams: "weakref.WeakSet[SequenceStream]" = weakref.WeakSet()
+        self._streams: weakref.WeakSet = weakref.WeakSet()  # open SequenceStreams
         try:
             self._open(overwrite)
         except BaseException:
@@ -245,6 +245,8 @@ class CacheWriter:
         Memory stays bounded by one batch; nothing is visible until ``commit`` succeeds."""
         if self.has(seq_id):
             raise CacheError(f"{self.path}: sequence {seq_id!r} was already written")
+        from .stream import SequenceStream
+
         return SequenceStream(self, seq_id, attrs or {})
 
     def _part_path(self, seq_id: str) -> Path:
@@ -255,28 +257,40 @@ class CacheWriter:
         """Merge the finalised cache and all parts into one file, atomically."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         digests: dict[str, str] = {}
+        out = None
         try:
-            with h5py.File(tmp, "w") as out:
-                seqs = out.create_group(SEQ_GROUP)
-                sources: list[Path] = ([self.path] if self.path.exists() else [])
-                sources += sorted(self.parts.glob("seq-*.h5"))
-                for src in sources:
-                    with h5py.File(src, "r") as f:
-                        for gname, g in f[SEQ_GROUP].items():
-                            sid = str(g.attrs["seq_id"])
-                            if sid in digests or (src == self.path and sid not in self._existing):
-                                continue  # finalised copy wins over a leftover part; stale inputs go
-                            _copy_group(g, seqs, gname, self.policy)
-                            digests[sid] = str(g.attrs["sha256"])
-                out.attrs.update(self.header.to_attrs())
-                out.attrs["content_fingerprint"] = content_fingerprint(digests)
-                out.attrs["num_sequences"] = len(digests)
+            out = h5py.File(tmp, "w")
+            seqs = out.create_group(SEQ_GROUP)
+            sources: list[Path] = ([self.path] if self.path.exists() else [])
+            sources += sorted(self.parts.glob("seq-*.h5"))
+            for src in sources:
+                with h5py.File(src, "r") as f:
+                    for gname, g in f[SEQ_GROUP].items():
+                        sid = str(g.attrs["seq_id"])
+                        if sid in digests or (src == self.path and sid not in self._existing):
+                            continue  # finalised copy wins over a leftover part; stale inputs go
+                        _copy_group(g, seqs, gname, self.policy)
+                        digests[sid] = str(g.attrs["sha256"])
+            out.attrs.update(self.header.to_attrs())
+            out.attrs["content_fingerprint"] = content_fingerprint(digests)
+            out.attrs["num_sequences"] = len(digests)
+            out.close()
             _fsync_path(tmp)
             os.replace(tmp, self.path)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # h5py raises some write failures as RuntimeError
+            full = is_disk_full(e)
+            if out is not None and out.id.valid:
+                if full:
+                    discard_writes(out)  # the closing flush must not hit the full disk again
+                try:
+                    out.close()
+                except Exception:
+                    pass
             tmp.unlink(missing_ok=True)
-            if is_disk_full(e):
+            if full:
                 raise CacheError(_disk_full_message(self.path, e)) from None
+            if isinstance(e, RuntimeError):
+                raise CacheError(f"{self.path}: finalize failed: {e}") from e
             raise
         shutil.rmtree(self.parts, ignore_errors=True)
         self._existing, self._committed = digests, {}
@@ -296,144 +310,6 @@ class CacheWriter:
                 self.finalize()
         finally:
             self.close()
-
-
-class SequenceStream:
-    """An appendable sequence inside a writer's part folder (see ``CacheWriter.begin_sequence``).
-
-    Every appended batch is also hashed in memory per field; ``commit`` re-reads the part file
-    and refuses it unless the stored rows are exactly the appended ones, so zeroed or missing
-    rows (a clobbered file, a lost write) can never be committed as valid.
-    """
-
-    CHUNK_ROWS = 64  # appendable datasets need chunks; 16-64 rows read well (ENVIRONMENT.md)
-
-    def __init__(self, writer: CacheWriter, seq_id: str, attrs: dict[str, Any]) -> None:
-        self.writer, self.seq_id, self.attrs = writer, seq_id, attrs
-        self.final = writer._part_path(seq_id)
-        self.tmp = _unique_tmp(self.final)
-        self._hash: dict[str, Any] = {}
-        self._ds: dict[str, h5py.Dataset] = {}  # kept open: see append
-        self._bytes = 0
-        self.n = 0
-        try:
-            self._f = h5py.File(self.tmp, "w")
-            self._g = self._f.create_group(SEQ_GROUP).create_group(group_name(seq_id))
-        except OSError as e:
-            self._f = None
-            self._fail(e)
-        writer._streams.add(self)
-
-    def _fail(self, e: Exception) -> None:
-        """Drop the part file and raise one CacheError (the disk-full message if it is that)."""
-        full = is_disk_full(e)
-        self.abort(truncate=full)
-        w = self.writer
-        if full:
-            raise CacheError(_disk_full_message(w.path, e, self._bytes)) from None
-        raise CacheError(f"{w.path}: writing sequence {self.seq_id!r} failed: {e}") from e
-
-    def append(self, arrays: dict[str, np.ndarray]) -> None:
-        """Append a batch of frames; every field must be present in every batch."""
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        b = len(next(iter(arrays.values())))
-        if self.n and set(arrays) != set(self._hash):
-            raise CacheError(f"{self.writer.path}: sequence {self.seq_id!r}: batch fields "
-                             f"{sorted(arrays)} differ from earlier batches {sorted(self._hash)}")
-        for k, a in arrays.items():
-            validate_field(str(self.writer.path), self.seq_id, k, a, b, self.writer._num_joints,
-                           self.writer.allow_nonfinite)
-            _check_width(self.writer.path, self.writer.header, self.seq_id, k, a)
-        try:
-            for k, a in arrays.items():
-                if k not in self._ds:
-                    self._ds[k] = self._g.create_dataset(
-                        k, shape=(0,) + a.shape[1:], maxshape=(None,) + a.shape[1:], dtype=a.dtype,
-                        chunks=(self.CHUNK_ROWS,) + a.shape[1:])
-                d = self._ds[k]
-                d.resize(self.n + b, axis=0)
-                d[self.n:self.n + b] = a
-                self._hash.setdefault(k, hashlib.sha256()).update(
-                    np.ascontiguousarray(a, dtype=d.dtype).view(np.uint8).reshape(-1))
-                self._bytes += a.nbytes
-            # HDF5 writes chunks lazily, and a failed write while a dataset handle is being
-            # released is only printed ("Exception ignored"), never raised: flush every batch
-            # so a full disk surfaces here, as an error we can handle.
-            self._f.flush()
-        except (OSError, RuntimeError) as e:  # h5py raises some write failures as RuntimeError
-            self._fail(e)
-        self.n += b
-
-    def commit(self) -> None:
-        w = self.writer
-        missing = [k for k in REQUIRED_FIELDS[w.header.kind] if k not in self._hash]
-        if self.n == 0 or missing:
-            self.abort()
-            raise CacheError(f"{w.path}: sequence {self.seq_id!r} has "
-                             + ("zero frames" if self.n == 0 else f"no field(s) {missing}"))
-        try:
-            self._f.flush()
-            for k, h in self._hash.items():
-                d = self._ds[k]
-                if d.shape[0] != self.n or _dataset_sha256(d) != h.hexdigest():
-                    bad = f"{d.shape[0]} rows stored, {self.n} appended" if d.shape[0] != self.n \
-                        else "stored rows differ from the appended ones"
-                    self.abort()
-                    raise CacheError(f"{w.path}: sequence {self.seq_id!r}, field {k!r}: {bad}; the "
-                                     f"part file was changed by someone else - not committed")
-                d.attrs["sha256"] = h.hexdigest()
-            digest = group_digest(self._g)
-            self._g.attrs.update(_encode_attrs(self.attrs))
-            self._g.attrs.update({"seq_id": self.seq_id, "n_frames": self.n, "sha256": digest,
-                                  "complete": True})
-            self._f.close()
-            _fsync_path(self.tmp)
-            os.replace(self.tmp, self.final)
-        except (OSError, RuntimeError) as e:  # h5py raises some write failures as RuntimeError
-            self._fail(e)
-        w._committed[self.seq_id] = digest
-        w._streams.discard(self)
-
-    def abort(self, truncate: bool = False) -> None:
-        """Drop an unfinished sequence (for example after a decode error mid-video).
-
-        The HDF5 file is closed here, deterministically: an h5py file left open after a write
-        error is otherwise flushed again at interpreter exit, into the same full disk (noise,
-        then a segfault). With ``truncate`` (disk full) the closing flush goes to /dev/null.
-        """
-        f, self._f = getattr(self, "_f", None), None
-        if truncate and f is not None and f.id.valid:
-            _discard_writes(f)
-        if f is not None and f.id.valid:
-            try:
-                f.close()  # closes our dataset handles too, before they are released below
-            except Exception:  # the data is discarded anyway; only the handle must go
-                pass
-        self._ds, self._g = {}, None
-        self.tmp.unlink(missing_ok=True)
-        self.writer._streams.discard(self)
-
-
-def _discard_writes(f: h5py.File) -> None:
-    """Point the file's descriptor at /dev/null: HDF5's closing flush of a file we are about to
-    delete then succeeds instead of failing again on the full disk (HDF5 cannot close a file
-    without flushing it)."""
-    try:
-        fd = f.id.get_vfd_handle()
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, int(fd))
-        finally:
-            os.close(null)
-    except Exception:  # not the sec2 driver: fall back to a plain close
-        pass
-
-
-def _dataset_sha256(d: h5py.Dataset, slab: int = 4096) -> str:
-    h = hashlib.sha256()
-    for s in range(0, d.shape[0], slab):
-        h.update(np.ascontiguousarray(d[s:s + slab]).view(np.uint8).reshape(-1))
-    return h.hexdigest()
 
 
 def _copy_group(src: h5py.Group, dst_parent: h5py.Group, name: str, policy: StoragePolicy) -> None:
