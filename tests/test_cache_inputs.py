@@ -130,3 +130,22 @@ def test_second_extraction_on_one_cache_exits_2_naming_the_holder(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "x.h5: another writer holds" in err[0] and "pid" in err[0] and "started" in err[0]
+
+
+def test_merge_takes_a_changed_input_from_the_newer_cache(tmp_path):
+    from poselift.datasets.cache.merge import merge_caches
+
+    old, new, out = tmp_path / "old.h5", tmp_path / "new.h5", tmp_path / "out.h5"
+    with CacheWriter(old, hdr({"a": "1", "b": "1"})) as w:
+        w.write_sequence("a", f(3, 1))
+        w.write_sequence("b", f(3, 1))
+    with CacheWriter(new, hdr({"a": "1", "b": "2"})) as w:  # a shard that re-did the fixed input b
+        w.write_sequence("b", f(6, 2))
+    m = merge_caches(out, [old, new])
+    c = Cache(out)
+    assert m.sequences == 2 and c.ids == ["a", "b"] and c.read("b", "features").shape == (6, 4)
+    assert c.header.input_fingerprints == {"a": "1", "b": "2"} and verify_cache(out).ok
+    with CacheWriter(tmp_path / "other.h5", hdr({"a": "1"}, source={"extractor": "t", "weights_sha256": "w9"})) as w:
+        w.write_sequence("a", f(3, 1))
+    with pytest.raises(CacheMismatchError, match="source"):
+        merge_caches(tmp_path / "o2.h5", [old, tmp_path / "other.h5"])
