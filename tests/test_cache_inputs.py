@@ -149,3 +149,26 @@ def test_merge_takes_a_changed_input_from_the_newer_cache(tmp_path):
         w.write_sequence("a", f(3, 1))
     with pytest.raises(CacheMismatchError, match="source"):
         merge_caches(tmp_path / "o2.h5", [old, tmp_path / "other.h5"])
+
+
+def test_poselift_extract_dist_redoes_a_fixed_input(tmp_path, monkeypatch, capsys):
+    from poselift.extract.distributed_cli import main as dist_main
+
+    for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    write_video(tmp_path / "a.mp4", 4)
+    write_video(tmp_path / "b.mp4", 3)  # the first version of b: too short, replaced below
+    for name, n in (("a", 4), ("b", 3)):
+        np.save(tmp_path / f"{name}.npy", boxes(n))
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps([{"seq_id": s, "source": f"{s}.mp4", "boxes": f"{s}.npy"} for s in "ab"]))
+    out = tmp_path / "d.h5"
+    args = [str(out), "--manifest", str(m), "--random-init", "--base-width", "4", "--crop-size", "32",
+            "--workers", "0", "--device", "cpu", "--no-progress"]
+    assert dist_main(args) == 0
+    write_video(tmp_path / "b.mp4", 5)
+    np.save(tmp_path / "b.npy", boxes(5))
+    assert dist_main(args) == 0
+    assert "wrote 1, skipped 1" in capsys.readouterr().out
+    c = Cache(out)
+    assert c.ids == ["a", "b"] and len(c.read("b", "features")) == 5 and verify_cache(out).ok
