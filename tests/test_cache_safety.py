@@ -263,3 +263,17 @@ def test_real_disk_full_on_a_small_tmpfs(tmp_path):
             assert w.done() == {"small"}  # committed before the disk filled
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_merge_into_a_cache_being_written_is_refused(tmp_path):
+    from poselift.datasets.cache.merge import merge_caches
+
+    shard = _finalised(tmp_path)
+    out = tmp_path / "out.h5"
+    w = CacheWriter(out, fheader())
+    try:
+        with pytest.raises(CacheLockedError, match=r"out\.h5: another writer holds"):
+            merge_caches(out, [shard])
+    finally:
+        w.close()
+    assert merge_caches(out, [shard]).sequences == 3 and verify_cache(out).ok

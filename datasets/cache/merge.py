@@ -30,6 +30,7 @@ import h5py
 
 from .schema import (SEQ_GROUP, CacheError, CacheHeader, CacheMismatchError, belongs_to,
                      compare_headers, content_fingerprint)
+from .lock import WriterLock
 from .storage import DEFAULT_POLICY, StoragePolicy
 from .writer import _copy_group, _fsync_path, partial_dir
 
@@ -74,7 +75,20 @@ def merge_caches(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
 
     ``out`` may itself be one of the inputs (re-merging new shards into an existing cache).
     With ``remove_inputs`` the inputs other than ``out`` are deleted after the rename.
+
+    The output's writer lock is held throughout, so a merge and a writer (or a second merge)
+    never write the same cache at once.
     """
+    lock = WriterLock(Path(out))
+    lock.acquire()
+    try:
+        return _merge_locked(Path(out), inputs, remove_inputs=remove_inputs, policy=policy)
+    finally:
+        lock.release()
+
+
+def _merge_locked(out: Path, inputs: Sequence[str | os.PathLike], *, remove_inputs: bool,
+                  policy: StoragePolicy) -> MergeResult:
     out = Path(out)
     paths = [Path(p) for p in inputs]
     if not paths:
