@@ -277,3 +277,17 @@ def test_merge_into_a_cache_being_written_is_refused(tmp_path):
     finally:
         w.close()
     assert merge_caches(out, [shard]).sequences == 3 and verify_cache(out).ok
+
+
+def test_a_forked_child_does_not_release_the_parents_lock(tmp_path):
+    p = tmp_path / "c.h5"
+    w = CacheWriter(p, fheader())
+    pid = os.fork()
+    if pid == 0:  # e.g. a DataLoader worker that inherited the writer and exits
+        w._lock.release()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (tmp_path / "c.h5.lock").exists()
+    with pytest.raises(CacheLockedError):
+        CacheWriter(p, fheader())
+    w.close()

@@ -40,6 +40,7 @@ class WriterLock:
         self.path = Path(path)
         self.file = lock_path(self.path)
         self._fd: int | None = None
+        self._pid = 0
 
     @property
     def held(self) -> bool:
@@ -72,7 +73,7 @@ class WriterLock:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
 
     def _holder(self) -> str:
         try:
@@ -82,7 +83,9 @@ class WriterLock:
             return "holder not recorded yet"
 
     def release(self) -> None:
-        if self._fd is None:
+        # A forked child (a DataLoader worker) shares the lock with its parent: it must neither
+        # remove the file nor touch the descriptor; its copy goes when it exits.
+        if self._fd is None or os.getpid() != self._pid:
             return
         try:
             self.file.unlink(missing_ok=True)  # while still locked: nobody else can be inside

@@ -299,7 +299,10 @@ class CacheWriter:
     def __del__(self) -> None:
         lock = getattr(self, "_lock", None)
         if lock is not None:
-            lock.release()
+            try:
+                lock.release()
+            except Exception:  # interpreter shutdown; the OS drops the lock with the process
+                pass
 
     def __enter__(self) -> "CacheWriter":
         return self
