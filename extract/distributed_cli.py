@@ -77,7 +77,7 @@ def run_sharded(a: argparse.Namespace) -> int:
     from poselift.datasets.cache import Cache
     from poselift.datasets.cache.merge import merge_caches
 
-    from .features import extract_features, inputs_fingerprint
+    from .features import extract_features, input_fingerprints, inputs_fingerprint
     from .sharding import RankInfo, balance_by_frames, rank_from_env, shard_path, shard_paths
 
     info = rank_from_env() if a.shard == "auto" else RankInfo()
@@ -91,7 +91,9 @@ def run_sharded(a: argparse.Namespace) -> int:
     mine = [specs[i] for i in balance_by_frames([len(s.boxes) for s in specs], info.world_size)[info.rank]]
     done: set[str] = set()
     if out.exists() and not a.overwrite:
-        done = set(Cache(out).ids)  # identity is checked again when merging
+        old = Cache(out)  # identity is checked again when merging
+        prints = input_fingerprints(specs)  # inputs changed since `out` was made are re-done
+        done = {s for s in old.ids if old.header.input_fingerprints.get(s, prints.get(s)) == prints.get(s)}
     todo = [s for s in mine if s.seq_id not in done]
     contract = contract_from_args(a)
     model, sha = load_backbone(a)

@@ -39,7 +39,7 @@ from .sharding import balance_by_frames
 from .video import open_source
 
 __all__ = ["SequenceSpec", "ExtractionResult", "CropStream", "BackboneRunner", "extract_features",
-           "inputs_fingerprint"]
+           "inputs_fingerprint", "input_fingerprints"]
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,27 @@ def inputs_fingerprint(specs: Sequence[SequenceSpec]) -> str:
     (not the absolute path, so a moved data folder still resumes)."""
     h = hashlib.sha256()
     for s in sorted(specs, key=lambda s: s.seq_id):
-        p = Path(s.source)
-        size = p.stat().st_size if p.is_file() else -1
-        h.update(f"{s.seq_id}|{p.name}|{size}|".encode())
-        h.update(np.ascontiguousarray(s.boxes, dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(s.frames()).tobytes())
+        _feed_input(h, s)
     return h.hexdigest()
+
+
+def input_fingerprints(specs: Sequence[SequenceSpec]) -> dict[str, str]:
+    """Per sequence, the sha256 of what ``inputs_fingerprint`` hashes for it: a resume re-does
+    exactly the sequences whose input changed (a fixed video, edited boxes)."""
+    out = {}
+    for s in specs:
+        h = hashlib.sha256()
+        _feed_input(h, s)
+        out[s.seq_id] = h.hexdigest()
+    return out
+
+
+def _feed_input(h: Any, s: SequenceSpec) -> None:
+    p = Path(s.source)
+    size = p.stat().st_size if p.is_file() else -1
+    h.update(f"{s.seq_id}|{p.name}|{size}|".encode())
+    h.update(np.ascontiguousarray(s.boxes, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(s.frames()).tobytes())
 
 
 def _source_info(backbone: torch.nn.Module, extractor: str | None, weights_sha256: str | None,
@@ -264,7 +279,8 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
         raise ValueError(f"duplicate sequence ids {dup[:5]}")
     header = CacheHeader(kind="features", dataset=dataset, joint_set=None,
                          source=_source_info(backbone, extractor, weights_sha256, contract, dtype),
-                         inputs_fingerprint=fingerprint or inputs_fingerprint(sequences))
+                         inputs_fingerprint=fingerprint or inputs_fingerprint(sequences),
+                         input_fingerprints=input_fingerprints(sequences))
     result = ExtractionResult()
     t0 = time.perf_counter()
     # allow_nonfinite: boxes of frames without a detection are stored as NaN (valid=False);

@@ -54,7 +54,8 @@ from .features import ExtractionResult, SequenceSpec, _worker_init
 from .keypoint_runners import FamiRunner, SikrRunner
 from .keypoint_stream import DetectionCropStream, TubeCropStream, TubeSpec
 
-__all__ = ["KeypointResult", "extract_keypoints", "joint_set_for", "detections_fingerprint"]
+__all__ = ["KeypointResult", "extract_keypoints", "joint_set_for", "detections_fingerprint",
+           "detection_fingerprints"]
 
 log = logging.getLogger(__name__)
 _BY_K = {17: "coco17", 26: "halpe26", 136: "halpe136"}
@@ -90,11 +91,26 @@ def detections_fingerprint(jobs: Sequence[VideoDetections]) -> str:
     """sha256 over ids, source file name and size, frames, boxes, scores and track ids."""
     h = hashlib.sha256()
     for j in sorted(jobs, key=lambda j: j.video_id):
-        p = Path(j.source)
-        h.update(f"{j.video_id}|{p.name}|{p.stat().st_size if p.is_file() else -1}|{j.single}|".encode())
-        for a in (j.frame_index, j.det_pos, j.boxes, j.scores, j.track_ids):
-            h.update(np.ascontiguousarray(a).tobytes())
+        _feed_job(h, j)
     return h.hexdigest()
+
+
+def detection_fingerprints(jobs: Sequence[VideoDetections]) -> dict[str, str]:
+    """Per video id, the sha256 of what ``detections_fingerprint`` hashes for it: a resume
+    re-does the sequences (``<video>`` or ``<video>/track<k>``) of changed videos only."""
+    out = {}
+    for j in jobs:
+        h = hashlib.sha256()
+        _feed_job(h, j)
+        out[j.video_id] = h.hexdigest()
+    return out
+
+
+def _feed_job(h: Any, j: VideoDetections) -> None:
+    p = Path(j.source)
+    h.update(f"{j.video_id}|{p.name}|{p.stat().st_size if p.is_file() else -1}|{j.single}|".encode())
+    for a in (j.frame_index, j.det_pos, j.boxes, j.scores, j.track_ids):
+        h.update(np.ascontiguousarray(a).tobytes())
 
 
 class _TrackOut:
@@ -206,7 +222,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
         source["pose_nms"] = asdict(params) | {"min_box_area": min_box_area} if use_pose_nms else None
         source["tracker"] = f"file ids, else IoU Hungarian iou>={tracker_iou}, max_age={tracker_max_age}"
     header = CacheHeader(kind="keypoints2d", dataset=dataset, joint_set=joint_set_for(k, contract),
-                         source=source, inputs_fingerprint=fingerprint or detections_fingerprint(jobs))
+                         source=source, inputs_fingerprint=fingerprint or detections_fingerprint(jobs),
+                         input_fingerprints=detection_fingerprints(jobs))
     result = KeypointResult()
     t0 = time.perf_counter()
     with CacheWriter(out_path, header, overwrite=overwrite, allow_nonfinite=True) as writer:

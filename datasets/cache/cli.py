@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="skip re-hashing the data (faster; structure and values are still checked)")
     v.add_argument("--allow-nonfinite", action="store_true",
                    help="accept NaN/inf values (caches written with allow_nonfinite)")
+    v.add_argument("--deep", action="store_true",
+                   help="also re-read the committed parts of an interrupted writer and check that "
+                        "frame_index rises within every sequence")
     v.add_argument("--fingerprint", help="also require this content fingerprint (single path only)")
     v.add_argument("--json", action="store_true", help="print machine-readable JSON")
     f = sub.add_parser("finalize", help="merge the committed sequences of an interrupted writer into "
@@ -40,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verify":
             results = [verify_cache(pth, check_digests=not args.no_digests,
                                     allow_nonfinite=args.allow_nonfinite,
-                                    expect_fingerprint=args.fingerprint) for pth in args.paths]
+                                    expect_fingerprint=args.fingerprint, deep=args.deep)
+                       for pth in args.paths]
             if args.json:
                 print(json.dumps([r.to_dict() for r in results], indent=2))
             else:
@@ -58,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hdr = parts / "header.json"
         if not hdr.exists():
             raise CacheError(f"{args.path}: nothing to finalize ({hdr} does not exist)")
-        out = CacheWriter(args.path, CacheHeader.from_json(hdr.read_text())).finalize()
+        w = CacheWriter(args.path, CacheHeader.from_json(hdr.read_text()))
+        try:
+            out = w.finalize()
+        finally:
+            w.close()
         print(f"finalized {out}")
         return 0
     except CacheError as e:
