@@ -32,14 +32,14 @@ def caches(tmp_path_factory) -> dict:
     return {"gt": Path(rep.gt_path), "kp": Path(rep.keypoint_paths["gt"])}
 
 
-def _poison(src: Path, dst: Path, field: str, row: int) -> str:
-    """Copy ``src`` and write NaN into ``field`` at ``row`` of its first S1 sequence, behind
+def _poison(src: Path, dst: Path, field: str, row: int, subject: str = "S1") -> str:
+    """Copy ``src`` and write NaN into ``field`` at ``row`` of its first ``subject`` sequence, behind
     the writer's back (what a flipped bit or a buggy external tool does)."""
     shutil.copy(src, dst)
     hit: list[str] = []
     with h5py.File(dst, "r+") as f:
         def visit(name: str, obj) -> None:
-            if not hit and isinstance(obj, h5py.Dataset) and name.endswith("/" + field) and "S1" in name:
+            if not hit and isinstance(obj, h5py.Dataset) and name.endswith("/" + field) and subject in name:
                 arr = obj[()]
                 arr[row] = np.nan
                 obj[...] = arr
@@ -107,3 +107,15 @@ def test_bad_set_values_name_key_and_type(tmp_path, capsys, item, want) -> None:
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert re.search(want, err), err
+
+
+def test_evaluation_refuses_nan_inputs(caches, tmp_path) -> None:
+    from poselift.lifting.lift_eval import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    assert train_main(_args(caches["gt"], caches["kp"], out)) == 0
+    kp = tmp_path / "kp_eval_nan.h5"
+    _poison(caches["kp"], kp, "keypoints", 5, subject="S9")
+    with pytest.raises(Exception, match=r"kp_eval_nan\.h5: sequence 'S9.*field 'keypoints'.*at frame 5"):
+        evaluate_checkpoint(out / "last.pt", str(caches["gt"]), str(kp), ["S9"], tmp_path / "ev",
+                            progress=False)
