@@ -130,3 +130,26 @@ def test_real_joblib_databases_still_load_memory_mapped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["from_memmap"], np.arange(15).reshape(5, 3))
     assert out["bytes"] == b"\x01\x02" and list(out["vid_name"]) == ["a"] * 5
     assert load_db(path, mmap=False)["features"].sum() == 45.0
+
+
+def _readers() -> dict[str, Callable[[Path], Any]]:
+    from poselift.extract.backbones.checkpoint import load_checkpoint as backbone_ckpt
+    from poselift.extract.estimators.fastpose import read_state_dict
+    from poselift.extract.estimators.hrnet import read_checkpoint
+    from poselift.lifting.tcmr_ckpt import read_tcmr_checkpoint
+    from poselift.lifting.videopose3d_ckpt import load_videopose3d
+
+    return {"videopose3d": load_videopose3d, "tcmr": read_tcmr_checkpoint,
+            "alphapose": read_state_dict, "hrnet": read_checkpoint, "backbone": backbone_ckpt}
+
+
+@pytest.mark.parametrize("reader", ["videopose3d", "tcmr", "alphapose", "hrnet", "backbone"])
+def test_reference_checkpoint_loaders_refuse_in_one_line(tmp_path: Path, reader: str) -> None:
+    _victim(tmp_path)
+    path = tmp_path / f"{reader}.pth"
+    torch.save({"model_pos": {}, "gen_state_dict": {}, "x": _families(tmp_path)["os-system"][0]}, path)
+    with pytest.raises(Exception) as err:
+        _readers()[reader](path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "system" in msg and "weights_only" not in msg, msg
+    _assert_untouched(tmp_path)
