@@ -146,3 +146,23 @@ def test_large_image_ids_need_and_take_an_offset(setup: Path, caplog) -> None:
                                   [{"seq_id": "bad", "source": "v.mp4", "boxes": "nope.json",
                                     "box_format": "coco"}], setup, image_id_offset=base, failed=failed)
     assert len(jobs) == 1 and list(failed) == ["bad"] and "nope.json" in failed["bad"]
+
+
+def test_extract_dist_fails_only_the_bad_entry(setup: Path, caplog, monkeypatch) -> None:
+    from poselift.extract.distributed_cli import main as dist_main
+
+    for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    np.save(setup / "short.npy", _boxes(10))
+    (setup / "m.json").write_text(json.dumps([
+        {"seq_id": "bad", "source": "v.mp4", "boxes": "three.npy"},
+        {"seq_id": "short", "source": "v.mp4", "boxes": "short.npy"},
+        {"seq_id": "good", "source": "v.mp4", "boxes": "good.npy"}]))
+    caplog.set_level(logging.INFO)
+    rc = dist_main([str(setup / "d.h5"), "--manifest", str(setup / "m.json"), "--random-init",
+                    "--base-width", "8", "--crop-size", "32", "--workers", "0", "--device", "cpu",
+                    "--no-progress"])
+    assert rc == 1 and Cache(setup / "d.h5").ids == ["good"]
+    lines = _failure_lines(caplog)
+    assert len(lines) == 2 and any("three.npy: box file does not exist" in ln for ln in lines)
+    assert any("10 box rows" in ln for ln in lines)

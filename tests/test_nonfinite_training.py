@@ -12,7 +12,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from poselift.datasets.importers.videopose3d import import_videopose3d
 from poselift.lifting import train_lifter as tl
