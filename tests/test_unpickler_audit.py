@@ -130,6 +130,13 @@ def test_real_joblib_databases_still_load_memory_mapped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["from_memmap"], np.arange(15).reshape(5, 3))
     assert out["bytes"] == b"\x01\x02" and list(out["vid_name"]) == ["a"] * 5
     assert load_db(path, mmap=False)["features"].sum() == 45.0
+    # compressed (not memory-mappable) and protocol-2 dumps (bytes through _codecs.encode latin-1)
+    for kw in ({"compress": 3}, {"protocol": 2}):
+        other = tmp_path / f"db_{next(iter(kw))}.pt"
+        joblib.dump(db, other, **kw)
+        got = load_db(other, mmap="compress" not in kw)  # compressed dumps cannot be mapped
+        np.testing.assert_array_equal(got["features"], db["features"])
+        assert got["bytes"] == b"\x01\x02"
 
 
 def _readers() -> dict[str, Callable[[Path], Any]]:
