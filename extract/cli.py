@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 __all__ = ["main", "build_parser", "load_manifest"]
 
 
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seq-id", help="sequence id for --video (default: the file name without suffix)")
     src.add_argument("--min-score", type=float, default=0.0,
                      help="COCO detections: drop boxes scoring below this (default: 0)")
+    src.add_argument("--image-id-offset", type=int, default=0,
+                     help="COCO detections with integer image ids: frame = image_id - N (default 0). "
+                          "PoseTrack18 ids are 1VVVVVVFFFF (video, frame), so N is the id of the "
+                          "video's first frame, e.g. 10003420000")
     src.add_argument("--smooth", action="store_true",
                      help="smooth boxes over time like TCMR (median k=11, then Gaussian sigma=8)")
     src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
@@ -110,15 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_score: float) -> dict[int | None, Any]:
-    """{track id or None: BoxTrack} from a box file."""
+def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_score: float,
+                image_id_offset: int = 0) -> dict[int | None, Any]:
+    """{track id or None: BoxTrack} from a box file; errors name the file."""
     from .boxes import BoxError, boxes_from_array, load_coco_detections, load_posetrack_tracks
     from .video import open_source
 
     if fmt in ("coco", "posetrack"):
         n = len(open_source(source))
         if fmt == "coco":
-            return {None: load_coco_detections(path, n, min_score=min_score)}
+            return {None: load_coco_detections(path, n, min_score=min_score,
+                                               image_id_offset=image_id_offset)}
         tracks = load_posetrack_tracks(path, n)
         if track_id is not None:
             if track_id not in tracks:
@@ -129,41 +137,83 @@ def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_sco
         raise BoxError(f"{path}: box file does not exist")
     if path.suffix == ".json":
         raise BoxError(f"{path}: a JSON box file needs box format 'coco' or 'posetrack', not {fmt!r}")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            key = next((k for k in ("boxes", "bbox", "bboxes") if k in z.files), None)
-            if key is None:
-                raise BoxError(f"{path}: no 'boxes' or 'bbox' array (has {z.files})")
-            arr = z[key]
-    else:
+    key = "array"
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                key = next((k for k in ("boxes", "bbox", "bboxes") if k in z.files), None)
+                if key is None:
+                    raise BoxError(f"{path}: no 'boxes' or 'bbox' array (has {z.files})")
+                arr = z[key]
+        else:
+            arr = np.load(path, allow_pickle=False)
+        return {None: boxes_from_array(arr, fmt)}
+    except BoxError as e:
+        raise BoxError(str(e) if str(e).startswith(str(path)) else f"{path}: {key}: {e}") from None
+    except (ValueError, OSError, EOFError) as e:  # object arrays, truncated or not a .npy/.npz
+        raise BoxError(f"{path}: {key}: cannot read a numeric (T, 4) box array ({e})") from None
+
+
+def _read_frame_index(path: Path) -> np.ndarray:
+    try:
         arr = np.load(path, allow_pickle=False)
-    return {None: boxes_from_array(arr, fmt)}
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: frame_index: cannot read an integer (T,) array ({e})") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"{path}: frame_index: expected an integer (T,) array, got {arr.dtype} {arr.shape}")
+    return arr
 
 
 def load_manifest(entries: Sequence[dict[str, Any]], base: Path, *, smooth: bool = False,
-                  min_score: float = 0.0) -> list:
-    """Manifest entries -> SequenceSpec list (relative paths resolved against ``base``)."""
+                  min_score: float = 0.0, image_id_offset: int = 0,
+                  failed: dict[str, str] | None = None) -> list:
+    """Manifest entries -> SequenceSpec list (relative paths resolved against ``base``).
+
+    With ``failed`` given, an entry whose boxes cannot be read is recorded there
+    (``seq_id -> message``; the caller logs it once) and the other entries go on; without it,
+    it raises."""
+    if not isinstance(entries, list):
+        raise ValueError("the manifest must be a JSON list of sequence entries")
+    specs = []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or any(f not in e for f in ("seq_id", "source", "boxes")):
+            missing = [f for f in ("seq_id", "source", "boxes") if f not in e] if isinstance(e, dict) else "all"
+            raise ValueError(f"manifest entry {k}: missing field(s) {missing}")
+        try:
+            specs += _entry_specs(e, base, smooth, min_score, image_id_offset)
+        except Exception as exc:  # noqa: BLE001 - one bad input fails only its own sequence
+            if failed is None or isinstance(exc, (KeyboardInterrupt, MemoryError)):
+                raise
+            msg = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            failed[str(e["seq_id"])] = f"manifest entry {k}: {msg}"
+    return specs
+
+
+def _entry_specs(e: dict[str, Any], base: Path, smooth: bool, min_score: float,
+                 image_id_offset: int) -> list:
     from .boxes import smooth_boxes
     from .features import SequenceSpec
 
     specs = []
-    for k, e in enumerate(entries):
-        missing = [f for f in ("seq_id", "source", "boxes") if f not in e]
-        if missing:
-            raise ValueError(f"manifest entry {k}: missing field(s) {missing}")
-        source = str(base / e["source"])
-        tracks = _read_boxes(base / e["boxes"], e.get("box_format", "xyxy"), source,
-                             e.get("track_id"), min_score)
-        frames = np.load(base / e["frame_index"]) if e.get("frame_index") else None
-        for tid, tr in tracks.items():
-            if smooth:
-                tr = smooth_boxes(tr)
-            sid = e["seq_id"] if tid is None else f"{e['seq_id']}/{tid}"
-            attrs = dict(e.get("attrs", {}))
-            if tid is not None:
-                attrs["track_id"] = int(tid)
-            specs.append(SequenceSpec(sid, source, tr.boxes, frames, attrs))
+    source = str(base / e["source"])
+    tracks = _read_boxes(base / e["boxes"], e.get("box_format", "xyxy"), source,
+                         e.get("track_id"), min_score, image_id_offset)
+    frames = _read_frame_index(base / e["frame_index"]) if e.get("frame_index") else None
+    for tid, tr in tracks.items():
+        if smooth:
+            tr = smooth_boxes(tr)
+        sid = e["seq_id"] if tid is None else f"{e['seq_id']}/{tid}"
+        attrs = dict(e.get("attrs", {}))
+        if tid is not None:
+            attrs["track_id"] = int(tid)
+        specs.append(SequenceSpec(sid, source, tr.boxes, frames, attrs))
     return specs
+
+
+def log_failures(failed: dict[str, str]) -> None:
+    """One log line per failed sequence (the same format extract_features uses)."""
+    for sid, err in failed.items():
+        log.error("sequence %r failed: %s", sid, err)
 
 
 def resolve_workers(workers: int | None, device: str) -> int:
@@ -174,19 +224,22 @@ def resolve_workers(workers: int | None, device: str) -> int:
     return 0 if not str(device).startswith("cuda") else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def specs_from_args(a: argparse.Namespace) -> list:
-    """SequenceSpecs from ``--manifest`` or ``--video`` + ``--boxes``."""
+def specs_from_args(a: argparse.Namespace, failed: dict[str, str] | None = None) -> list:
+    """SequenceSpecs from ``--manifest`` or ``--video`` + ``--boxes``; entries that cannot be
+    read go to ``failed`` (see :func:`load_manifest`)."""
+    kw = dict(smooth=a.smooth, min_score=a.min_score,
+              image_id_offset=getattr(a, "image_id_offset", 0), failed=failed)
     if a.manifest:
         mp = Path(a.manifest)
         try:
             entries = json.loads(mp.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{mp}: not valid JSON ({e})") from None
-        return load_manifest(entries, mp.parent, smooth=a.smooth, min_score=a.min_score)
+        return load_manifest(entries, mp.parent, **kw)
     if a.video and a.boxes:
         entry = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
                  "box_format": a.box_format, "track_id": a.track_id}
-        return load_manifest([entry], Path("."), smooth=a.smooth, min_score=a.min_score)
+        return load_manifest([entry], Path("."), **kw)
     raise ValueError("give --manifest, or --video together with --boxes")
 
 
@@ -239,22 +292,26 @@ def _features(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    specs = specs_from_args(a)
+    failed: dict[str, str] = {}  # per-sequence input failures: logged once, counted, rc 1
+    specs = specs_from_args(a, failed)
+    log_failures(failed)
     contract = contract_from_args(a)
     model, sha = load_backbone(a)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    if not specs:
+        print(f"{a.out}: nothing to extract; failed {len(failed)}")
+        return 1
     res = extract_features(specs, a.out, model, contract, batch_size=a.batch_size,
                            num_workers=resolve_workers(a.workers, device),
                            device=device, dtype=a.dtype, weights_sha256=sha,
                            extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                            compile=a.compile, amp=not a.no_amp, overwrite=a.overwrite,
                            progress=not a.no_progress)
+    failed.update(res.failed)  # each failure was logged once where it happened
     print(f"{a.out}: wrote {len(res.written)}, skipped {len(res.skipped)} (already cached), "
-          f"failed {len(res.failed)}; {res.frames} frames ({res.invalid_frames} without a usable box) "
-          f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
-    for sid, err in res.failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
-    return 1 if res.failed else 0
+          f"failed {len(failed)}; {res.frames} frames of written sequences ({res.invalid_frames} "
+          f"without a usable box) in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
+    return 1 if failed else 0
 
 
 def _probe(a: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli import contract_from_args, load_backbone, resolve_workers, specs_from_args
+from .cli import contract_from_args, load_backbone, log_failures, resolve_workers, specs_from_args
 
 __all__ = ["main", "build_parser", "run_sharded"]
 
@@ -84,7 +84,12 @@ def run_sharded(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    specs = specs_from_args(a)
+    bad_inputs: dict[str, str] = {}  # unreadable entries: the same on every rank, counted on rank 0
+    specs = specs_from_args(a, bad_inputs)
+    if info.rank == 0:
+        log_failures(bad_inputs)
+    else:
+        bad_inputs = {}
     # The header of every shard names ALL inputs, so shards of one job merge and a shard of
     # another job (other manifest) is refused.
     fingerprint = inputs_fingerprint(specs)
@@ -103,22 +108,20 @@ def run_sharded(a: argparse.Namespace) -> int:
         device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     grouped = _init_group(info, a.barrier_timeout) if a.merge == "auto" else False
     target = shard_path(out, info.rank, info.world_size) if info.world_size > 1 else out
-    failed: dict[str, str] = {}
-    status: dict[str, Any] = {"rank": info.rank, "written": 0, "failed": 0}
+    failed: dict[str, str] = dict(bad_inputs)
+    status: dict[str, Any] = {"rank": info.rank, "written": 0, "failed": len(failed)}
     if todo or info.world_size == 1:
         res = extract_features(todo, target, model, contract, batch_size=a.batch_size,
                                num_workers=resolve_workers(a.workers, device), device=device, dtype=a.dtype, weights_sha256=sha,
                                extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                                fingerprint=fingerprint, compile=a.compile, amp=not a.no_amp,
                                overwrite=a.overwrite, progress=not a.no_progress)
-        failed = res.failed
-        status.update(written=len(res.written), failed=len(res.failed), frames=res.frames,
+        failed.update(res.failed)  # each failure was logged once where it happened
+        status.update(written=len(res.written), failed=len(failed), frames=res.frames,
                       seconds=res.seconds)
         print(f"[rank {info.rank}/{info.world_size}] {target}: wrote {len(res.written)}, skipped "
-              f"{len(res.skipped) + len(mine) - len(todo)}, failed {len(res.failed)}; {res.frames} "
-              f"frames in {res.seconds:.1f} s", flush=True)
-    for sid, err in failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
+              f"{len(res.skipped) + len(mine) - len(todo)}, failed {len(failed)}; {res.frames} "
+              f"frames of written sequences in {res.seconds:.1f} s", flush=True)
     if info.world_size == 1:
         return 1 if failed else 0
     statuses = [status]

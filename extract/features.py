@@ -108,6 +108,11 @@ class CropStream(IterableDataset):
         if not has_box.any():
             raise ValueError(f"sequence {spec.seq_id!r}: no frame has a person box ({len(boxes)} frames)")
         src = open_source(spec.source)
+        if spec.frame_index is None and src.num_frames >= 0 and len(boxes) != src.num_frames:
+            # one box row per frame is the contract; fewer rows would silently drop the tail
+            raise ValueError(f"sequence {spec.seq_id!r}: {len(boxes)} box rows but {spec.source} has "
+                             f"{src.num_frames} frames; give one row per frame (NaN = no person) "
+                             f"or a frame_index")
         meta = {"fps": float(src.fps), "image_size": [int(v) for v in src.size],
                 "source_frames": int(src.num_frames), "source": Path(spec.source).name}
         s = c.crop_size
@@ -339,6 +344,8 @@ class _Open:
 
     stream: Any
     n_outside: int = 0
+    frames: int = 0
+    invalid: int = 0
 
 
 def _fail(i: int, spec: SequenceSpec, err: str, streams: dict, dead: set, result: ExtractionResult) -> None:
@@ -346,8 +353,7 @@ def _fail(i: int, spec: SequenceSpec, err: str, streams: dict, dead: set, result
     if op is not None:
         op.stream.abort()
     dead.add(i)
-    result.failed[spec.seq_id] = err
-    log.warning("sequence %r skipped: %s", spec.seq_id, err)
+    result.failed[spec.seq_id] = err  # logged once, by extract_features
 
 
 def _consume(ch: dict[str, Any], i: int, spec: SequenceSpec, runner: BackboneRunner,
@@ -371,11 +377,13 @@ def _consume(ch: dict[str, Any], i: int, spec: SequenceSpec, runner: BackboneRun
         feats = np.zeros((len(valid), runner.feature_dim(crops.shape[1])), dtype)
     op.stream.append({"features": feats, "boxes": np.asarray(ch["boxes"], np.float32),
                       "frame_index": np.asarray(ch["frame_index"], np.int64), "valid": valid})
-    result.frames += len(valid)
-    result.invalid_frames += int((~valid).sum())
+    op.frames += len(valid)  # counted in the summary only once the sequence commits
+    op.invalid += int((~valid).sum())
     op.n_outside += int(ch["n_outside"])
     if ch["last"]:
         streams.pop(i).stream.commit()
+        result.frames += op.frames
+        result.invalid_frames += op.invalid
         if op.n_outside:
             warnings.warn(f"sequence {spec.seq_id!r}: {op.n_outside} frame(s) whose crop lies entirely "
                           f"outside the image are stored with valid=False and zero features",

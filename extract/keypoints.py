@@ -289,12 +289,13 @@ def _run_detections(jobs: list[VideoDetections], writer: CacheWriter, runner: Si
                     t.abort()
                 dead.add(i)
                 result.failed[job.video_id] = f"{type(e).__name__}: {e}" if "error" not in ch else ch["error"]
-                log.warning("video %r skipped: %s", job.video_id, result.failed[job.video_id])
                 continue
             bar.update(int(ch["upto"]) - st["pos"] if st["pos"] >= 0 else int(ch["upto"]) + 1)
-            result.frames += int(ch["upto"]) - max(st["pos"], -1)
+            # frames enter the summary only when the video commits (failed ones are not counted)
+            st["frames"] = st.get("frames", 0) + int(ch["upto"]) - max(st["pos"], -1)
             st["pos"] = int(ch["upto"])
             if ch["last"]:
+                result.frames += st["frames"]
                 tracks = state.pop(i)["tracks"]
                 if job.single:
                     t = tracks.get(0) or _new_track(writer, job, 0, 0, k, batch_size, ch["meta"])
@@ -387,6 +388,7 @@ def _run_tubes(jobs: list[VideoDetections], writer: CacheWriter, runner: FamiRun
     loader = DataLoader(TubeCropStream(tubes, contract, batch_size, tube_length), **loader_kw)
     open_: dict[int, _TrackOut] = {}
     dead: set[int] = set()
+    pending: dict[int, list[int]] = {}  # per tube: [frames, invalid frames] until it commits
     bar = tqdm(total=sum(len(t.boxes) for t in tubes), unit="frame", disable=not progress,
                desc=f"keypoints -> {Path(writer.path).name}")
     try:
@@ -419,14 +421,16 @@ def _run_tubes(jobs: list[VideoDetections], writer: CacheWriter, runner: FamiRun
                     t.abort()
                 dead.add(i)
                 result.failed[tube.seq_id] = ch.get("error") or f"{type(e).__name__}: {e}"
-                log.warning("sequence %r skipped: %s", tube.seq_id, result.failed[tube.seq_id])
                 continue
             bar.update(len(keys))
-            result.frames += len(keys)
-            result.invalid_frames += int((~ok).sum())
+            counts = pending.setdefault(i, [0, 0])  # summary counts only committed tubes
+            counts[0] += len(keys)
+            counts[1] += int((~ok).sum())
             if ch["last"]:
                 open_.pop(i).commit()
                 result.written.append(tube.seq_id)
+                result.frames += counts[0]
+                result.invalid_frames += counts[1]
     finally:
         bar.close()
         for t in open_.values():

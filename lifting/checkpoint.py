@@ -8,6 +8,7 @@ them without unpickling arbitrary objects).
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +52,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's paragraph -> one line naming the global
+        from poselift.datasets.safe_pickle import torch_refusal
+
+        raise CheckpointError(str(torch_refusal(str(path), e)).split("; if you trust")[0]
+                              + "; a poselift checkpoint holds only tensors and plain types, "
+                              "so this file is foreign or tampered with") from None
     except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
         raise CheckpointError(f"{path}: not a readable poselift checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}). VideoPose3D .bin files "

@@ -88,9 +88,18 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         inner = type(like[0]) if like else None
-        return [inner(v) for v in value] if inner in (int, float) else list(value)
+        if inner not in (int, float):
+            return list(value)
+        try:
+            return [inner(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key!r}: expected a comma-separated list of "
+                             f"{inner.__name__}, got {value!r}") from None
     if isinstance(like, (int, float)) and isinstance(value, str):
-        return type(like)(value)
+        try:
+            return type(like)(value)
+        except ValueError:
+            raise ValueError(f"config key {key!r}: expected {type(like).__name__}, got {value!r}") from None
     if isinstance(like, float) and isinstance(value, int):
         return float(value)
     return value

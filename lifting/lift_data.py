@@ -115,8 +115,22 @@ class LiftData:
         """Whole normalised 2D sequence (T, J_in, 2) for inference."""
         wh = image_sizes(self.kp, [sid])
         kp = self.kp.read(sid, "keypoints")[self.frames[sid]]
+        _require_finite(self.kp, sid, "keypoints", kp, self.frames[sid])
         return normalize_pixels(kp[None], wh[:, 0], wh[:, 1])[0]
 
     def sequence_targets(self, sid: str) -> np.ndarray:
         """Absolute camera-frame 3D joints (T, J_out, 3)."""
-        return self.gt.read(sid, "joints_3d")[self.frames[sid]].astype(np.float32)
+        y = self.gt.read(sid, "joints_3d")[self.frames[sid]].astype(np.float32)
+        _require_finite(self.gt, sid, "joints_3d", y, self.frames[sid])
+        return y
+
+
+def _require_finite(cache: Cache, sid: str, field: str, arr: np.ndarray, sl: slice) -> None:
+    """Evaluation reads whole sequences outside the window dataset: refuse NaN/inf here too,
+    naming the stored frame (a NaN input would surface only as 'SVD did not converge')."""
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
+    if bad.any():
+        first = (sl.start or 0) + int(np.flatnonzero(bad)[0]) * (sl.step or 1)
+        raise CacheError(f"{cache.path}: sequence {sid!r}, field {field!r}: NaN/inf at frame {first} "
+                         f"({int(bad.sum())} frame(s) affected); the cache is corrupt, rebuild this "
+                         f"sequence")

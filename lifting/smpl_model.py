@@ -190,8 +190,7 @@ def load_body_model_arrays(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"body model file {path.name} missing in {path.parent}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            raw = {k: z[k] for k in z.files}
+        raw = _npz_members(path)
     else:
         with open(path, "rb") as fh:
             try:
@@ -229,11 +228,26 @@ def _require(d: Path, name: str) -> Path:
     return d / name
 
 
+def _npz_members(path: Path) -> dict[str, np.ndarray]:
+    """Every member of a .npz; an object array (it would need unpickling) is refused by key."""
+    out = {}
+    with np.load(path, allow_pickle=False) as z:
+        for k in z.files:
+            try:
+                out[k] = z[k]
+            except ValueError as e:
+                raise BodyModelError(f"{path}: key {k!r} is not a plain numeric array ({e})") from None
+    return out
+
+
 def load_extra_regressor(body_model_dir: str | Path, name: str = "J_regressor_extra.npy",
                          rows: int | None = 9, n_verts: int | None = None) -> np.ndarray:
     """Load a (rows, V) vertex regressor ``.npy`` from the base-data folder, shape-checked."""
     path = _require(Path(body_model_dir), name)
-    reg = np.load(path, allow_pickle=False)
+    try:
+        reg = np.load(path, allow_pickle=False)
+    except ValueError as e:  # an object array would need unpickling
+        raise BodyModelError(f"{path}: not a plain numeric .npy array ({e})") from None
     if reg.ndim != 2 or (rows is not None and reg.shape[0] != rows) or (
             n_verts is not None and reg.shape[1] != n_verts):
         raise BodyModelError(f"{path}: shape {reg.shape}, expected ({rows or '*'}, "
@@ -245,14 +259,14 @@ def load_mean_params(body_model_dir: str | Path) -> dict[str, torch.Tensor]:
     """``smpl_mean_params.npz`` -> {'pose': (1, 144), 'shape': (1, 10), 'cam': (1, 3)} float32."""
     path = _require(Path(body_model_dir), "smpl_mean_params.npz")
     out = {}
-    with np.load(path, allow_pickle=False) as z:
-        for key, n in (("pose", 144), ("shape", 10), ("cam", 3)):
-            if key not in z.files:
-                raise BodyModelError(f"{path}: missing key {key!r}")
-            arr = np.asarray(z[key]).reshape(-1)
-            if arr.shape != (n,):
-                raise BodyModelError(f"{path}: key {key!r} has {arr.size} values, expected {n}")
-            out[key] = torch.from_numpy(arr.astype(np.float32)).unsqueeze(0)
+    z = _npz_members(path)
+    for key, n in (("pose", 144), ("shape", 10), ("cam", 3)):
+        if key not in z:
+            raise BodyModelError(f"{path}: missing key {key!r}")
+        arr = np.asarray(z[key]).reshape(-1)
+        if arr.shape != (n,):
+            raise BodyModelError(f"{path}: key {key!r} has {arr.size} values, expected {n}")
+        out[key] = torch.from_numpy(arr.astype(np.float32)).unsqueeze(0)
     return out
 
 

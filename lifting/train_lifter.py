@@ -286,6 +286,12 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
                 unl = unlabeled.next_batch() if semi_on else unlabeled.skip()
             data_time += time.perf_counter() - td
             loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
+            if not bool(torch.isfinite(loss.detach())):  # before the step: `last` stays good
+                seqs = sorted({ds.ids[int(i)] for i in batch["seq"].tolist()})
+                raise RuntimeError(f"non-finite training loss {parts} at epoch {epoch + 1}, step "
+                                   f"{b0 // frames_per_batch + 1}, batch of windows "
+                                   f"{b0}..{b0 + len(batch['seq']) - 1} (sequences {seqs[:5]}); "
+                                   f"{last} was not overwritten")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -281,7 +281,7 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
         data_time, it = 0.0, iter(loader)
         bar = tqdm(range(len(steps)), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
                    disable=not cfg.progress, leave=False)
-        for _ in bar:
+        for step in bar:
             td = time.perf_counter()
             b = next(it)
             data_time += time.perf_counter() - td
@@ -296,9 +296,11 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
                    "theta": _rep3(b["theta"].to(device)),
                    "w_3d": _rep3(b["w_3d"].to(device)), "w_smpl": _rep3(b["w_smpl"].to(device))}
             loss, terms = loss_fn(pred, t2d, t3d)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite loss at epoch {epoch + 1}: "
-                                   f"{ {k: float(v) for k, v in terms.items()} }")
+            if not torch.isfinite(loss):  # stop before the step: the last checkpoint stays good
+                raise RuntimeError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} of "
+                                   f"{len(steps)}, batch {steps[step]}: "
+                                   f"{ {k: float(v) for k, v in terms.items()} }; {last} was not "
+                                   f"overwritten")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

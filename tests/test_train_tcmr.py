@@ -159,8 +159,8 @@ def test_bad_inputs_name_file_and_sequence(caches, body, tmp_path):
     _write_source(short, "nan", feats)
     src = open_source(short, "nan", feat_dim=F)
     data = TCMRWindowData(src, train_windows(src, 1))
-    with pytest.raises(CacheError, match=r"nan_features.h5: sequence 'vid': NaN/inf features in "
-                                         r"the window around frame 13"):
+    with pytest.raises(CacheError, match=r"nan_features.h5: sequence 'vid', field 'features': NaN/inf "
+                                         r"at frame 20 "):
         data.get_batch(np.arange(len(data)))
     with pytest.raises(KeyError, match="unknown config key 'epoch'"):
         apply_overrides(_cfg(caches, body, tmp_path / "c"), {"epoch": 3})

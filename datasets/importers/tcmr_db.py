@@ -69,14 +69,30 @@ def _allowed_globals() -> dict[str, Any]:
 
     allowed = plain_safe_globals()  # numpy arrays/scalars/dtypes, plain containers
     allowed["joblib.numpy_pickle.NumpyArrayWrapper"] = NumpyArrayWrapper
-    allowed["numpy.memmap"] = np.memmap
-    allowed["numpy.core.memmap.memmap"] = np.memmap
-    allowed["numpy._core.memmap.memmap"] = np.memmap
+    # numpy.memmap is only legitimate as the ``subclass`` a NumpyArrayWrapper records; the
+    # real class, called by REDUCE, creates or truncates any file (mode 'w+'). The name
+    # resolves to a marker that refuses to be called; load_build swaps it for np.memmap
+    # (joblib itself maps the array from this DB file, read-only).
+    for name in _MEMMAP_NAMES:
+        allowed[name] = _MemmapName
     return allowed
+
+
+_MEMMAP_NAMES = ("numpy.memmap", "numpy.core.memmap.memmap", "numpy._core.memmap.memmap")
+
+
+class _MemmapName:
+    """Stands in for numpy.memmap inside a DB pickle; calling it is refused."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_MemmapName":
+        raise TCMRImportError("refused to call global 'numpy.memmap' (it opens, creates or "
+                              "truncates files); only joblib's array wrapper may name it")
 
 
 def _make_unpickler(trust: bool, source: str) -> type:
     from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
+
+    from ..safe_pickle import _latin1_encoder
 
     allowed = _allowed_globals()
 
@@ -87,6 +103,8 @@ def _make_unpickler(trust: bool, source: str) -> type:
             full = f"{module}.{name}"
             if trust:
                 return super().find_class(module, name)
+            if full == "_codecs.encode":
+                return _latin1_encoder(source)
             if full in allowed:
                 return allowed[full]
             raise TCMRImportError(f"{source}: refused to unpickle global {full!r} (not a plain "
@@ -95,6 +113,8 @@ def _make_unpickler(trust: bool, source: str) -> type:
 
         def load_build(self) -> None:
             inst, state = self.stack[-2], self.stack[-1]
+            if isinstance(state, dict) and state.get("subclass") is _MemmapName:
+                state["subclass"] = np.memmap
             if (not trust and isinstance(inst, NumpyArrayWrapper) and isinstance(state, dict)
                     and np.dtype(state.get("dtype", "f4")).hasobject):
                 # joblib reads object arrays with an unrestricted pickle.load
@@ -135,8 +155,14 @@ def load_db(path: str | os.PathLike, *, trust: bool = False, mmap: bool = True) 
                 up = cls(str(path), fobj, mmap_mode=mode)
             try:
                 obj = up.load()
-            except TCMRImportError:
-                raise
+            except TCMRImportError as e:
+                if str(e).startswith(str(path)):
+                    raise
+                raise TCMRImportError(f"{path}: {e}") from None
+            except pickle.UnpicklingError as e:  # the latin-1-only codec guard
+                if type(e).__name__ == "UnsafePickleError":
+                    raise TCMRImportError(str(e)) from None
+                raise TCMRImportError(f"{path}: cannot read DB file ({type(e).__name__}: {e})") from e
             except Exception as e:  # truncated or not a joblib pickle
                 raise TCMRImportError(f"{path}: cannot read DB file ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):

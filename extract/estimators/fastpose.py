@@ -224,10 +224,10 @@ def read_state_dict(path: str | Path, map_location: str | torch.device = "cpu",
     path = Path(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(
-            f"{path}: refused to unpickle (weights_only=True); pass trust=True only for files "
-            f"you trust. Cause: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    except pickle.UnpicklingError as e:  # one line naming file and global, not torch's paragraph
+        from poselift.datasets.safe_pickle import torch_refusal
+
+        raise torch_refusal(str(path), e) from None
     if isinstance(obj, Mapping):
         for wrap in ("state_dict", "model"):
             if wrap in obj and isinstance(obj[wrap], Mapping):
