@@ -51,7 +51,8 @@ def test_simcc_kl_falls(coco, tmp_path: Path) -> None:
     model = {"type": "simcc", "input_size": [64, 64], "hrnet": {"width": 8, "stage_modules": [1, 1, 1], "num_blocks": 1},
              "simcc": {"split_ratio": 2.0, "sigma": 2.0}}
     hist = train(_cfg(ann, root, model, 10, lr=3e-3), tmp_path)
-    assert np.mean(hist["loss"][-2:]) < 0.5 * np.mean(hist["loss"][:2])
+    # measured on x86 CPU: 0.046 -> 0.0057 over the 10 epochs (2 steps each)
+    assert np.mean(hist["loss"][-2:]) < 0.35 * np.mean(hist["loss"][:2])
 
 
 def test_famipose_head_trains_on_posetrack(tmp_path: Path) -> None:
@@ -59,7 +60,8 @@ def test_famipose_head_trains_on_posetrack(tmp_path: Path) -> None:
     ann = synth.write_posetrack(tmp_path, n_videos=2, n_frames=4, img_wh=(72, 96))
     cfg = _cfg(ann, tmp_path, {"type": "famipose", "joint_set": "posetrack17", "input_size": [64, 64],
                                "hrnet": {"width": 12, "stage_modules": [1, 1, 1], "num_blocks": 1},
-                               "famipose": {"config": "paper", "sigma": 2.0, "mi_weight": 0.0}}, 6, lr=3e-3)
+                               "famipose": {"config": "paper", "sigma": 2.0, "mi_weight": 0.0}}, 6, lr=3e-3,
+               val_every=3)
     cfg["data"]["train"][0]["type"] = "posetrack"
     cfg["data"]["val"] = dict(cfg["data"]["train"][0])
     torch.set_flush_denormal(True)  # random HRNet -> subnormals, 10x slower on CPU otherwise
@@ -67,8 +69,9 @@ def test_famipose_head_trains_on_posetrack(tmp_path: Path) -> None:
         hist = train(cfg, tmp_path / "out")
     finally:
         torch.set_flush_denormal(False)
-    assert np.mean(hist["loss"][-2:]) < 0.7 * np.mean(hist["loss"][:2])
-    assert len(hist["val"]) == 6 and all(0.0 <= v["AP"] <= 1.0 for v in hist["val"])
+    # measured on x86 CPU: 0.054 -> 0.0099 over the 6 epochs (2 steps each)
+    assert np.mean(hist["loss"][-2:]) < 0.4 * np.mean(hist["loss"][:2])
+    assert [v["epoch"] for v in hist["val"]] == [2, 5] and all(0.0 <= v["AP"] <= 1.0 for v in hist["val"])
     sd = torch.load(tmp_path / "out" / "model_best.pth", weights_only=True)["state_dict"]
     assert any(k.startswith("hrnet.") for k in sd) and "agg_final_layer.weight" in sd
 
@@ -118,3 +121,31 @@ def test_coco_into_halpe_with_teacher(coco, tmp_path: Path) -> None:
     assert np.isfinite(hist["loss"]).all()
     assert load_alphapose(tmp_path / "out" / "model_best.pth").num_joints == 26
     assert (tmp_path / "out" / "spatial_best.pth").is_file()
+
+
+def test_shipped_configs_parse_and_cli_trains(coco, tmp_path: Path) -> None:
+    import dataclasses
+
+    import yaml
+
+    from poselift.extract.cli import main
+    from poselift.extract.training.augment import AugmentConfig
+    from poselift.extract.training.loop import load_config
+
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    paths = sorted((Path(__file__).parents[1] / "configs" / "pose2d").glob("*.yaml"))
+    assert len(paths) >= 6
+    kinds = set()
+    for p in paths:
+        c = load_config(p)
+        kinds.add(c["model"]["type"])
+        assert set(c["augment"]) <= fields and c["train"]["epochs"] > 0, p
+        assert all(d["type"] in ("coco", "halpe", "posetrack") for d in c["data"]["train"]), p
+    assert kinds == {"sikr", "simcc", "famipose"}
+    ann, root = coco
+    cfg = _cfg(ann, root, {"type": "sikr", "fastpose": TINY_FASTPOSE}, 1, max_steps_per_epoch=1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "last.pt").is_file() and (tmp_path / "o" / "model_best.pth").is_file()
+    (tmp_path / "bad.yaml").write_text("model: {type: sikr}\n")
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2

@@ -95,9 +95,12 @@ class KeypointSet(torch.utils.data.Dataset):
         self.augment = augment if augment is not None else AugmentConfig(enabled=train)
         self.model_joint_set = model_joint_set or joint_set
         src, dst = get_joint_set(joint_set), get_joint_set(self.model_joint_set)
-        if src.names != dst.names[:src.num_joints]:
-            raise ValueError(f"joint set {joint_set} is not a prefix of the model's {self.model_joint_set}")
-        self.num_src, self.num_model = src.num_joints, dst.num_joints
+        n = min(src.num_joints, dst.num_joints)
+        if src.names[:n] != dst.names[:n]:
+            raise ValueError(f"joint sets {joint_set} and the model's {self.model_joint_set} do not share a prefix")
+        # Halpe-136 annotations train a Halpe-26 model (its first 26 points); COCO-17 fills the
+        # first 17 points of a Halpe model and the rest are unlabelled (label_mask 0).
+        self.num_src, self.num_model = n, dst.num_joints
         self.flip_perm = dst.flip_permutation()
         self.skipped: dict[str, int] = {}
         self.samples: list[dict] = []
@@ -124,7 +127,7 @@ class KeypointSet(torch.utils.data.Dataset):
     def _model_kps(self, kps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dataset keypoints (k, 3) -> model layout (K, 3) and label mask (K,)."""
         out = np.zeros((self.num_model, 3))
-        out[:self.num_src] = kps
+        out[:self.num_src] = kps[:self.num_src]
         mask = np.zeros(self.num_model, np.float32)
         mask[:self.num_src] = 1
         return out, mask

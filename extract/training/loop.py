@@ -116,7 +116,11 @@ def validate(kind: str, model: torch.nn.Module, ds: KeypointSet, ann: Path, cfg:
     res = predict_results(kind, model, ds, cfg, device, num_joints=ds.num_src)
     if isinstance(ds, PoseTrackKeypoints):
         return posetrack_map(ann, res)["total"] / 100.0
-    return evaluate_keypoints(ann, res).stats["AP"]
+    gt = json.loads(Path(ann).read_text())
+    for a in gt["annotations"]:  # e.g. Halpe-136 GT for a Halpe-26 model: score its points
+        a["keypoints"] = a["keypoints"][:3 * ds.num_src]
+        a["num_keypoints"] = int(sum(v > 0 for v in a["keypoints"][2::3]))
+    return evaluate_keypoints(gt, res).stats["AP"]
 
 
 def _save_best(kind: str, model: torch.nn.Module, out: Path, epoch: int) -> None:
@@ -142,8 +146,8 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
     k = get_joint_set(contract.joint_set).num_joints
     sets = [_dataset(cfg, s, contract, True, seed) for s in cfg["data"]["train"]]
     pgpg = _fit_pgpg(cfg, sets, seed)
+    pgpg_start = int(((cfg["data"].get("pgpg") or {}).get("start_epoch", 0)))
     for s in sets:
-        s.pgpg = pgpg
         log_fn(f"train set {s.root}: {len(s)} samples, skipped {s.skipped}")
     train_ds = ConcatDataset(sets)
     val_spec = cfg["data"].get("val")
@@ -178,6 +182,7 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
         sampler.set_epoch(epoch)
         for s in sets:
             s.set_epoch(epoch)
+            s.pgpg = pgpg if epoch >= pgpg_start else None  # AlphaPose switches DPG on late
         loader = DataLoader(train_ds, batch_size=max(1, bs // ctx.world_size), sampler=sampler, drop_last=True,
                             num_workers=int(cfg["data"].get("workers", 0)), pin_memory=device.type == "cuda")
         model.train()
