@@ -98,8 +98,11 @@ def _need(obj: dict, key: str, where: str) -> Any:
     return obj[key]
 
 
-def load_gt(path_or_obj: str | Path | dict, category_id: int = 1) -> tuple[list[Any], dict[Any, list[dict]]]:
-    """COCO keypoints GT JSON -> (sorted image ids, {image id: [annotations of the category]})."""
+def load_gt(path_or_obj: str | Path | dict, category_id: int = 1
+            ) -> tuple[list[Any], dict[Any, list[dict]], dict[str, Any]]:
+    """COCO keypoints GT JSON -> (sorted image ids, {image id: [annotations of the category]},
+    {file_name and its base name: image id}); the last lets results that name images by file
+    (AlphaPose's ``"0.jpg"``) be matched."""
     src = str(path_or_obj) if not isinstance(path_or_obj, dict) else "GT"
     d = json.loads(Path(path_or_obj).read_text()) if not isinstance(path_or_obj, dict) else path_or_obj
     images = _need(d, "images", src)
@@ -114,7 +117,12 @@ def load_gt(path_or_obj: str | Path | dict, category_id: int = 1) -> tuple[list[
         if a["image_id"] not in by_img:
             raise ValueError(f"{where}: image_id {a['image_id']!r} is not in 'images'")
         by_img[a["image_id"]].append(a)
-    return ids, by_img
+    names = {}
+    for im in images:
+        if "file_name" in im:
+            names[str(im["file_name"])] = im["id"]
+            names.setdefault(Path(str(im["file_name"])).name, im["id"])
+    return ids, by_img, names
 
 
 def load_results(path_or_list: str | Path | list, category_id: int = 1) -> dict[Any, list[dict]]:
@@ -139,7 +147,9 @@ def _kps(flat: Sequence[float], k: int, where: str) -> np.ndarray:
     return a.reshape(k, 3)
 
 
-def _prepare(gt_ids: list, gts: dict, dts: dict, k: int) -> list[_Image]:
+def _prepare(gt_ids: list, gts: dict, names: dict, dts: dict, k: int) -> list[_Image]:
+    for key in [i for i in dts if i not in gts and isinstance(i, str) and i in names]:
+        dts.setdefault(names[key], []).extend(dts.pop(key))
     unknown = [i for i in dts if i not in gts]
     if unknown:
         raise ValueError(f"results name image ids not in the GT: {unknown[:5]}")
@@ -240,7 +250,7 @@ class KeypointEval:
 def evaluate_keypoints(gt: str | Path | dict, results: str | Path | list,
                        sigmas: np.ndarray | None = None, category_id: int = 1) -> KeypointEval:
     """COCO keypoint evaluation of ``results`` against ``gt`` (files or parsed JSON)."""
-    gt_ids, gts = load_gt(gt, category_id)
+    gt_ids, gts, names = load_gt(gt, category_id)
     dts = load_results(results, category_id)
     sample = next((a["keypoints"] for v in gts.values() for a in v), None)
     if sample is None:
@@ -249,7 +259,7 @@ def evaluate_keypoints(gt: str | Path | dict, results: str | Path | list,
     sig = sigmas_for(k) if sigmas is None else np.asarray(sigmas, float)
     if len(sig) != k:
         raise ValueError(f"{len(sig)} sigmas for {k} keypoints")
-    images = _prepare(gt_ids, gts, dts, k)
+    images = _prepare(gt_ids, gts, names, dts, k)
     oks = [computeoks(im.dt_kps, im.gt_kps, im.gt_boxes, im.gt_areas, sig) for im in images]
     prec, rec = {}, {}
     for name, rng in AREA_RANGES.items():

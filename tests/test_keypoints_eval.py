@@ -111,3 +111,14 @@ def test_evaluate_keypoints_cli_writes_json_md_png(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 1, "keypoints": [0.0] * 51}]))
     assert evaluate_main(["keypoints", "--gt", str(gt_path), "--pred", str(bad), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_results_may_name_images_by_file(tmp_path: Path) -> None:
+    gt = json.loads(write_coco(tmp_path, 3).read_text())
+    res = _results(gt)
+    for r in res:  # AlphaPose writes the frame's file name, e.g. "0001.png"
+        r["image_id"] = Path(gt["images"][r["image_id"] - 1]["file_name"]).name
+    assert evaluate_keypoints(gt, res).stats["AP"] == pytest.approx(1.0)
+    res[0]["image_id"] = "nope.png"
+    with pytest.raises(ValueError, match="nope.png"):
+        evaluate_keypoints(gt, res)

@@ -213,8 +213,8 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
         every = int(tc.get("val_every", 1))
         metric = None
         if val_ds is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
-            if ctx.is_main:
-                metric = validate(kind, model, val_ds, _path(cfg, val_spec["ann"]), cfg, device)
+            if ctx.is_main:  # the bare module: a DDP forward would start collectives on rank 0 only
+                metric = validate(kind, model.module if hasattr(model, "module") else model, val_ds, _path(cfg, val_spec["ann"]), cfg, device)
             metric = broadcast_object(metric, ctx)
             history["val"].append({"epoch": epoch, "AP": metric})
             log_fn(f"epoch {epoch}: val AP {metric:.4f} (best {max(best, metric):.4f})")
