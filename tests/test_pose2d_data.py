@@ -136,3 +136,17 @@ def test_pgpg_statistics_per_atomic_pose() -> None:
     np.testing.assert_allclose(got.mean(0), true_mean[1], atol=0.003)
     glob = PGPG.fit(kps, gt, None, num_classes=2)
     assert glob.mean.shape == (2, 4) and glob.std[0, 0] == pytest.approx(0.1158)
+
+
+def test_match_detections_by_iou() -> None:
+    from poselift.extract.training.pgpg import match_detections
+
+    gt = np.array([[0, 0, 10, 20.0], [50, 50, 60, 70.0], [0, 0, 10, 10.0]])
+    dets = [{"image_id": 1, "bbox": [1, 1, 10, 20], "score": 0.9},
+            {"image_id": 1, "bbox": [30, 30, 5, 5], "score": 0.9},
+            {"image_id": 2, "bbox": [50, 50, 10, 20], "score": 0.05}]
+    m = match_detections(gt, [1, 2, 3], dets, min_iou=0.5, min_score=0.1)
+    np.testing.assert_allclose(m[0], [1, 1, 11, 21])
+    assert np.isnan(m[1]).all() and np.isnan(m[2]).all()  # low score dropped; no detection in image 3
+    with pytest.raises(ValueError, match=r"detections\[0\]"):
+        match_detections(gt, [1, 2, 3], [{"bbox": [0, 0, 1, 1]}])

@@ -81,7 +81,12 @@ def test_resume_is_exact(coco, tmp_path: Path) -> None:
     ann, root = coco
     cfg = _cfg(ann, root, {"type": "sikr", "fastpose": TINY_FASTPOSE}, 3, max_steps_per_epoch=2)
     cfg["augment"] = {}  # AlphaPose defaults: the per-sample random streams must resume too
-    cfg["data"]["pgpg"] = {"enabled": True, "num_classes": 2}
+    rng = np.random.default_rng(0)
+    dets = [{"image_id": a["image_id"], "category_id": 1, "score": 0.9,
+             "bbox": (np.asarray(a["bbox"]) + rng.normal(0, 2, 4)).tolist()}
+            for a in json.loads(ann.read_text())["annotations"]]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    cfg["data"]["pgpg"] = {"enabled": True, "num_classes": 2, "detections": str(tmp_path / "dets.json")}
     cfg["data"]["val"] = dict(cfg["data"]["train"][0])
     torch.manual_seed(0)
     full = train(copy.deepcopy(cfg), tmp_path / "full")

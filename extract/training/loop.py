@@ -34,7 +34,7 @@ from ..estimators.spatial_model import SpatialRefined
 from .augment import AugmentConfig
 from .datasets import CocoKeypoints, KeypointSet, PoseTrackKeypoints
 from .distill import Teacher, distill_fill
-from .pgpg import PGPG
+from .pgpg import PGPG, match_detections
 from .recipes import batch_loss, build_model, decode_crop, to_device, trainable_parameters
 
 __all__ = ["load_config", "train", "validate", "predict_results"]
@@ -88,7 +88,14 @@ def _fit_pgpg(cfg: dict, sets: list[KeypointSet], seed: int) -> PGPG | None:
         return None
     kps = np.concatenate([np.stack([s._model_kps(x["kps"])[0] for x in s.samples]) for s in sets])
     boxes = np.concatenate([np.stack([x["box"] for x in s.samples]) for s in sets])
-    return PGPG.fit(kps, boxes, None, int(pc.get("num_classes", 8)), seed, float(pc.get("subpatch_p", 0.15)))
+    det = None
+    if pc.get("detections"):  # detector boxes on the training images (COCO detection results)
+        if len(sets) != 1:
+            raise ValueError("data.pgpg.detections needs exactly one training set (image ids differ per set)")
+        dets = json.loads(_path(cfg, pc["detections"]).read_text())
+        det = match_detections(boxes, [x["image_id"] for x in sets[0].samples], dets,
+                               float(pc.get("min_iou", 0.5)), float(pc.get("min_score", 0.0)))
+    return PGPG.fit(kps, boxes, det, int(pc.get("num_classes", 8)), seed, float(pc.get("subpatch_p", 0.15)))
 
 
 def predict_results(kind: str, model: torch.nn.Module, ds: KeypointSet, cfg: dict, device: torch.device,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ALPHAPOSE_OFFSETS", "normalise_poses", "kmeans", "box_offsets", "PGPG"]
+__all__ = ["ALPHAPOSE_OFFSETS", "normalise_poses", "kmeans", "box_offsets", "match_detections", "PGPG"]
 
 # (mean, std) of x0/w, y0/h, x1/w, y1/h offsets (AlphaPose's DPG, estimators2d.md §2.2).
 ALPHAPOSE_OFFSETS = np.array([[-0.0142, 0.1158], [0.0043, 0.068], [0.0154, 0.1337], [-0.0013, 0.0711]])
@@ -56,6 +56,37 @@ def box_offsets(gt: np.ndarray, det: np.ndarray) -> np.ndarray:
     w = (gt[:, 2] - gt[:, 0])[:, None]
     h = (gt[:, 3] - gt[:, 1])[:, None]
     return (det - gt) / np.concatenate([w, h, w, h], axis=1)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU (N, M) of xyxy boxes a (N, 4) and b (M, 4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def match_detections(gt_boxes: np.ndarray, gt_image_ids: list, detections: list[dict],
+                     min_iou: float = 0.5, min_score: float = 0.0) -> np.ndarray:
+    """For each GT box (N, 4) xyxy, the best-IoU detector box of the same image ((N, 4) xyxy,
+    NaN rows where none reaches ``min_iou``). ``detections``: COCO detection results
+    (``image_id``, ``bbox`` [x, y, w, h], ``score``)."""
+    by_img: dict = {}
+    for n, d in enumerate(detections):
+        if "image_id" not in d or "bbox" not in d:
+            raise ValueError(f"detections[{n}]: needs 'image_id' and 'bbox'")
+        if d.get("score", 1.0) >= min_score and d.get("category_id", 1) == 1:
+            x, y, w, h = d["bbox"]
+            by_img.setdefault(d["image_id"], []).append([x, y, x + w, y + h])
+    out = np.full((len(gt_boxes), 4), np.nan)
+    for i, (box, iid) in enumerate(zip(gt_boxes, gt_image_ids)):
+        cand = np.asarray(by_img.get(iid, []), float).reshape(-1, 4)
+        if len(cand):
+            iou = _iou(box[None], cand)[0]
+            if iou.max() >= min_iou:
+                out[i] = cand[iou.argmax()]
+    return out
 
 
 @dataclass
