@@ -95,6 +95,28 @@ def test_halpe_and_coco_into_halpe_model(tmp_path: Path) -> None:
     c = CocoKeypoints(synth.write_coco(tmp_path / "c", 2), tmp_path / "c", C, model_joint_set="halpe26")
     s = c[0]
     assert s["joints"].shape == (26, 2) and s["label_mask"].sum() == 17 and s["visible"][17:].sum() == 0
+    w = CocoKeypoints(synth.write_coco(tmp_path / "w", 1, joint_set="halpe136"), tmp_path / "w", C,
+                      model_joint_set="halpe26")  # Halpe-136 annotations train a Halpe-26 model
+    assert w.joint_set == "halpe136" and w[0]["joints"].shape == (26, 2) and w[0]["label_mask"].min() == 1
+
+
+def test_scale_and_rotation_ranges() -> None:
+    from poselift.extract.training.augment import sample_affine
+
+    rng = np.random.default_rng(0)
+    kps = np.concatenate([synth.template(17) * 100, np.full((17, 1), 2.0)], 1)
+    box = np.array([0, 0, 60, 100.0])
+    base = C.crop_affine(box)
+    cfg = AugmentConfig(scale_std=0.35, rot_deg=45, rot_p=1.0, flip_p=0, half_body_p=0)
+    zooms, angles = [], []
+    for _ in range(300):
+        m, flip = sample_affine(box, kps, C, "coco17", cfg, rng)
+        a = m[:, :2] @ np.linalg.inv(base[:, :2])  # the extra rotation-zoom on top of the crop
+        zooms.append(np.sqrt(abs(np.linalg.det(a))))
+        angles.append(np.degrees(np.arctan2(a[1, 0], a[0, 0])))
+    s = 1 / np.array(zooms)
+    assert s.min() >= 0.65 - 1e-9 and s.max() <= 1.35 + 1e-9 and s.std() > 0.2
+    assert np.abs(angles).max() <= 90 + 1e-6 and np.std(angles) > 30
 
 
 def test_posetrack_key_and_supporting_frames(tmp_path: Path) -> None:

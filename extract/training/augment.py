@@ -3,7 +3,7 @@
 A sample is (image, box xyxy, keypoints (K, 3)). The crop matrix of the estimator's contract
 (``PreprocessContract.crop_affine``: aspect-corrected box x 1.25 -> input size) is composed with
 
-* random scale ``1 + N(0, scale_std)`` clipped to ``1 +- 2.5 scale_std`` (AlphaPose / HRNet),
+* random scale ``1 + N(0, scale_std)`` clipped to ``1 +- scale_std`` (AlphaPose / HRNet: 0.65..1.35),
   a zoom about the crop centre by ``1 / s`` (s > 1 shows more context, as the box grows),
 * random rotation ``N(0, rot_deg)`` clipped to ``+- 2 rot_deg`` with probability ``rot_p``,
 * horizontal flip with probability ``flip_p``: ``x -> W - 1 - x`` (pixel indices, the crop
@@ -70,7 +70,7 @@ def sample_affine(box: np.ndarray, kps: np.ndarray, contract: PreprocessContract
     m = np.vstack([contract.crop_affine(np.asarray(box, float)), [0, 0, 1]])
     if not cfg.enabled:
         return m[:2], False
-    s = float(np.clip(1 + rng.normal(0, cfg.scale_std), 1 - 2.5 * cfg.scale_std, 1 + 2.5 * cfg.scale_std)) \
+    s = float(np.clip(1 + rng.normal(0, cfg.scale_std), 1 - cfg.scale_std, 1 + cfg.scale_std)) \
         if cfg.scale_std > 0 else 1.0
     r = float(np.clip(rng.normal(0, cfg.rot_deg), -2 * cfg.rot_deg, 2 * cfg.rot_deg)) \
         if cfg.rot_deg > 0 and rng.random() < cfg.rot_p else 0.0
