@@ -172,3 +172,12 @@ def test_match_detections_by_iou() -> None:
     assert np.isnan(m[1]).all() and np.isnan(m[2]).all()  # low score dropped; no detection in image 3
     with pytest.raises(ValueError, match=r"detections\[0\]"):
         match_detections(gt, [1, 2, 3], [{"bbox": [0, 0, 1, 1]}])
+
+
+def test_posetrack_needs_video_ids(tmp_path: Path) -> None:
+    ann = synth.write_posetrack(tmp_path, n_videos=1, n_frames=2)
+    d = json.loads(ann.read_text())
+    del d["images"][1]["vid_id"]
+    ann.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"posetrack_train.json: images\[1\] missing field 'vid_id'"):
+        PoseTrackKeypoints(ann, tmp_path, famipose_contract(input_size=(64, 48)))

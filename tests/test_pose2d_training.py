@@ -123,7 +123,11 @@ def test_coco_into_halpe_with_teacher(coco, tmp_path: Path) -> None:
     cfg = _cfg(ann, root, {"type": "sikr", "joint_set": "halpe26", "fastpose": TINY_FASTPOSE,
                            "spatial_model": {"enabled": True, "kernel": 5}}, 2, max_steps_per_epoch=1)
     cfg["distill"] = {"teacher": str(tmp_path / "teacher.pth"), "threshold": 0.0, "weight": 0.5}
+    halpe = synth.write_coco(tmp_path / "halpe", 4, joint_set="halpe26", img_wh=(72, 96), size=80.0)
+    cfg["data"]["train"].append({"type": "halpe", "ann": str(halpe), "images": str(tmp_path / "halpe")})
+    cfg["data"]["val"] = dict(cfg["data"]["train"][1])  # validated on Halpe (Halpe-26 sigmas)
     hist = train(cfg, tmp_path / "out")
+    assert len(hist["val"]) == 2 and 0.0 <= hist["val"][0]["AP"] <= 1.0
     assert np.isfinite(hist["loss"]).all()
     assert load_alphapose(tmp_path / "out" / "model_best.pth").num_joints == 26
     assert (tmp_path / "out" / "spatial_best.pth").is_file()
