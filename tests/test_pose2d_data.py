@@ -181,3 +181,13 @@ def test_posetrack_needs_video_ids(tmp_path: Path) -> None:
     ann.write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"posetrack_train.json: images\[1\] missing field 'vid_id'"):
         PoseTrackKeypoints(ann, tmp_path, famipose_contract(input_size=(64, 48)))
+
+
+def test_worker_decoding_gives_the_same_samples(tmp_path: Path) -> None:
+    import torch
+
+    ds = CocoKeypoints(synth.write_coco(tmp_path, 4), tmp_path, C, seed=5)
+    ds.set_epoch(2)
+    runs = [list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=w)) for w in (0, 2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["joints"], b["joints"])

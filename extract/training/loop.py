@@ -63,11 +63,12 @@ def _path(cfg: dict, p: str) -> Path:
 def _contract(cfg: dict):
     m = cfg["model"]
     size = tuple(m.get("input_size", (256, 192) if m["type"] != "famipose" else (384, 288)))
-    make = famipose_contract if m["type"] == "famipose" else fastpose_contract
     js = m.get("joint_set", "posetrack17" if m["type"] == "famipose" else "coco17")
-    extra = {} if m["type"] == "famipose" else {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)} \
-        if m["type"] == "simcc" else {}
-    return make(input_size=size, joint_set=js, **extra)
+    if m["type"] == "sikr":  # AlphaPose: mean subtraction only
+        return fastpose_contract(input_size=size, joint_set=js)
+    # HRNet-based recipes normalise with the ImageNet statistics (FAMI-Pose's contract does)
+    return famipose_contract(input_size=size, joint_set=js,
+                             supporting_frames=(-2, -1, 1, 2) if m["type"] == "famipose" else ())
 
 
 def _dataset(cfg: dict, spec: dict, contract, train: bool, seed: int) -> KeypointSet:
