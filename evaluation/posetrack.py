@@ -8,6 +8,8 @@
   positive when its paired GT has the joint visible and within the threshold, otherwise a false
   positive. The number of positives is the count of visible GT joints. AP is the VOC
   all-points area under the precision envelope.
+* Predicted joints inside an image's ignore regions (``ignore_regions_x``/``_y``) are removed,
+  and persons left without joints, as poseval does with predictions.
 * Groups: head (nose, head bottom, head top), then left/right pairs of shoulders, elbows,
   wrists, hips, knees, ankles; ``total`` is the mean over the joints that have GT (PoseTrack
   leaves the ears unlabelled, so they drop out).
@@ -50,11 +52,30 @@ def _load(path_or_obj: Any) -> Any:
     return json.loads(Path(path_or_obj).read_text()) if isinstance(path_or_obj, (str, Path)) else path_or_obj
 
 
-def _frames(gt: dict, src: str) -> tuple[dict, dict]:
-    """{image id: [(kps (17, 3), head size)]} for labelled frames, and {file_name: id}."""
+def _ignore_regions(im: dict) -> list[np.ndarray]:
+    """Polygons (P, 2) of an image's ``ignore_regions_x`` / ``ignore_regions_y``."""
+    xs, ys = im.get("ignore_regions_x") or [], im.get("ignore_regions_y") or []
+    return [np.stack([np.asarray(x, float), np.asarray(y, float)], 1) for x, y in zip(xs, ys) if len(x) >= 3]
+
+
+def _drop_ignored(kp: np.ndarray, polys: list[np.ndarray]) -> np.ndarray:
+    """Predicted joints inside an ignore region become NaN (they are neither TP nor FP)."""
+    from matplotlib.path import Path as Polygon
+
+    kp = kp.copy()
+    for poly in polys:
+        inside = Polygon(poly).contains_points(kp[:, :2])
+        kp[inside, :2] = np.nan
+    return kp
+
+
+def _frames(gt: dict, src: str) -> tuple[dict, dict, dict]:
+    """{image id: [(kps (17, 3), head size)]} for labelled frames, {file_name: id} and
+    {image id: ignore polygons}."""
     if "images" not in gt or "annotations" not in gt:
         raise ValueError(f"{src}: a PoseTrack JSON needs 'images' and 'annotations'")
     labelled = {im["id"]: [] for im in gt["images"] if im.get("is_labeled", True)}
+    ignore = {im["id"]: _ignore_regions(im) for im in gt["images"]}
     names = {im.get("file_name"): im["id"] for im in gt["images"]}
     for n, a in enumerate(gt["annotations"]):
         if a.get("image_id") not in labelled:
@@ -67,14 +88,14 @@ def _frames(gt: dict, src: str) -> tuple[dict, dict]:
             raise ValueError(f"{src} annotations[{n}] (image {a['image_id']}): missing field 'bbox_head'")
         size = 0.6 * float(np.hypot(hb[2], hb[3]))
         labelled[a["image_id"]].append((kp.reshape(17, 3), size))
-    return labelled, names
+    return labelled, names, ignore
 
 
 def posetrack_map(gt: str | Path | dict, pred: str | Path | list) -> dict[str, Any]:
     """mAP per joint and per group (percent). Returns {"per_joint": {name: AP}, "groups":
     {group: AP}, "total": mAP, "num_gt": {name: count}}."""
     src = str(gt) if isinstance(gt, (str, Path)) else "GT"
-    frames, names = _frames(_load(gt), src)
+    frames, names, ignore = _frames(_load(gt), src)
     preds: dict[Any, list[np.ndarray]] = {}
     for n, r in enumerate(_load(pred)):
         iid = r.get("image_id")
@@ -83,7 +104,9 @@ def posetrack_map(gt: str | Path | dict, pred: str | Path | list) -> dict[str, A
         if kp.size != 51:
             raise ValueError(f"predictions[{n}]: 'keypoints' must hold 17 x 3 numbers, got {kp.size}")
         if iid in frames:
-            preds.setdefault(iid, []).append(kp.reshape(17, 3))
+            kp = _drop_ignored(kp.reshape(17, 3), ignore.get(iid, []))
+            if np.isfinite(kp[:, :2]).any():  # a person wholly inside ignore regions is dropped
+                preds.setdefault(iid, []).append(kp)
     k = 17
     scores: list[list[float]] = [[] for _ in range(k)]
     hits: list[list[bool]] = [[] for _ in range(k)]

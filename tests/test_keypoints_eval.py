@@ -122,3 +122,15 @@ def test_results_may_name_images_by_file(tmp_path: Path) -> None:
     res[0]["image_id"] = "nope.png"
     with pytest.raises(ValueError, match="nope.png"):
         evaluate_keypoints(gt, res)
+
+
+def test_posetrack_ignore_regions_remove_predictions(tmp_path: Path) -> None:
+    gt = json.loads(write_posetrack(tmp_path, n_videos=1, n_frames=2).read_text())
+    preds = _results(gt)
+    for p in preds:
+        p["keypoints"] = (np.asarray(p["keypoints"]).reshape(17, 3) * [1, 1, 0.5]).reshape(-1).tolist()
+    ghost = {"image_id": gt["images"][0]["id"], "keypoints": [500.0, 500.0, 1.0] * 17}  # confident FP
+    assert posetrack_map(gt, preds + [ghost])["total"] < 99.0
+    gt["images"][0]["ignore_regions_x"] = [[450, 550, 550, 450]]
+    gt["images"][0]["ignore_regions_y"] = [[450, 450, 550, 550]]
+    assert posetrack_map(gt, preds + [ghost])["total"] == pytest.approx(100.0)
