@@ -100,6 +100,10 @@ def test_resume_is_exact(coco, tmp_path: Path) -> None:
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "part" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    other = copy.deepcopy(cfg)
+    other["model"]["fastpose"] = {**TINY_FASTPOSE, "duc2_out": 64}
+    with pytest.raises(ValueError, match="different 'model' section"):
+        train(other, tmp_path / "part")
 
 
 def test_distill_fill_masks() -> None:

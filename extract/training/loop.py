@@ -169,6 +169,8 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
     teacher = None
     dc = cfg.get("distill") or {}
     if dc.get("teacher"):
+        if kind != "sikr":  # the teacher is a FastPose and reads the student's (AlphaPose) crops
+            raise ValueError(f"distill.teacher needs model.type 'sikr', got {kind!r}")
         from ..estimators.fastpose import load_alphapose
 
         teacher = Teacher("sikr", load_alphapose(_path(cfg, dc["teacher"])).to(device), cfg["model"], contract.crop_hw)
@@ -176,6 +178,9 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
     last = out / "last.pt"
     if last.is_file() and tc.get("resume", True):
         st = torch.load(last, map_location=device, weights_only=False)  # our own file, written below
+        if st.get("config", {}).get("model") != cfg["model"]:
+            raise ValueError(f"{last}: written by a run with a different 'model' section; "
+                             f"use another output folder or remove the file to start afresh")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
