@@ -27,7 +27,7 @@ from ..estimators.famipose import PAPER, RELEASE, FAMIPose
 from ..estimators.famipose_loss import famipose_loss
 from ..estimators.fastpose import FastPose
 from ..estimators.hrnet import HRNet, load_hrnet
-from ..estimators.sikr import sikr_integral, sikr_l1_loss
+from ..estimators.sikr import flip_pairs_for, flip_test_logits, sikr_integral, sikr_l1_loss
 from ..estimators.simcc import KLDiscretLoss, SimCCHead, gaussian_soft_labels, simcc_decode
 from ..estimators.spatial_model import SpatialModel, SpatialRefined
 from ..keypoint_runners import fami_decode
@@ -134,7 +134,10 @@ def decode_crop(kind: str, model: nn.Module, batch: dict[str, torch.Tensor], cfg
     x = batch["image"]
     h, w = crop_hw
     if kind == "sikr":
-        norm, conf = sikr_integral(model(x).float())
+        logits = model(x).float()
+        if cfg.get("flip_test", False):  # AlphaPose's flip test: average raw logits with the mirror's
+            logits = flip_test_logits(model, x, flip_pairs_for(logits.shape[1]))
+        norm, conf = sikr_integral(logits)
         xy = torch.stack([(norm[..., 0] + 0.5) * w, (norm[..., 1] + 0.5) * h], -1)
         return xy.cpu().numpy(), conf[..., 0].cpu().numpy()
     if kind == "simcc":
