@@ -4,6 +4,7 @@ Subcommands:
   features  crops + backbone features for one video or a manifest of sequences -> features cache
   keypoints 2D keypoints (AlphaPose SIKR or FAMI-Pose) -> keypoints2d cache, one sequence per track
   probe     print frame count, fps and size of videos / image folders (what the extractor sees)
+  train     train a 2D estimator (SIKR, SimCC, FAMI-Pose) from a YAML config (configs/pose2d/)
 
 Manifest (JSON list, paths relative to the manifest file)::
 
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_keypoints import add_keypoints_parser
 
     add_keypoints_parser(sub)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
 
     pr = sub.add_parser("probe", help="print frame count, fps and size of videos or image folders")
     pr.add_argument("paths", nargs="+", help="video files or image folders")
@@ -336,7 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .cli_keypoints import run_keypoints
 
-        return {"features": _features, "keypoints": run_keypoints, "probe": _probe}[a.command](a)
+        from .training.cli import run_train
+
+        return {"features": _features, "keypoints": run_keypoints, "probe": _probe,
+                "train": run_train}[a.command](a)
     except (ValueError, KeyError, OSError, RuntimeError, CacheError, pickle.UnpicklingError) as e:  # our errors name the file/field; no traceback
         print(f"poselift-extract: error: {e}", file=sys.stderr)
         return 2

@@ -12,12 +12,15 @@ from typing import Callable, Sequence
 
 from . import lift_cli, tcmr_cli
 from .cli import run_subcommands
+from poselift.evaluation import keypoints_cli as _kp
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "lifter": (lift_cli.add_eval_arguments, lift_cli.run_eval,
                "evaluate a temporal-convolution lifter checkpoint on caches (P1/P2/P3/MPJVE per action)"),
     "tcmr": (tcmr_cli.add_eval_arguments, tcmr_cli.run_eval,
              "evaluate a TCMR checkpoint (poselift or released .pth.tar) with the 3DPW/MPI-INF-3DHP/H36M protocol"),
+    "keypoints": (_kp.add_arguments, _kp.run,
+                  "2D keypoint results vs GT: COCO AP/AR (OKS) or PoseTrack mAP (PCKh) -> JSON, markdown, plot"),
 }
 
 

@@ -22,9 +22,9 @@ from torch import nn
 
 from poselift.datasets.joints import get_joint_set
 
-from .estimators.famipose import FAMIPose
-from .estimators.famipose_loss import famipose_loss
-from .estimators.sikr import sikr_l1_loss, sikr_targets
+from ..estimators.famipose import FAMIPose
+from ..estimators.famipose_loss import famipose_loss
+from ..estimators.sikr import sikr_l1_loss, sikr_targets
 
 __all__ = ["render_figure", "augment", "gaussian_heatmaps", "sikr_optimizer", "sikr_train_step",
            "fami_optimizer", "fami_train_step", "synthetic_sikr_batch", "synthetic_fami_batch"]
@@ -132,7 +132,7 @@ def synthetic_fami_batch(rng: np.random.Generator, n: int, crop_hw: tuple[int, i
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(key (N, 3, h, w), sup (N, 4, 3, h, w), target heatmaps (N, K, h/s, w/s), weight (N, K)):
     a figure drifting by ``motion`` of the crop per frame, key frame in the middle."""
-    from .contracts import IMAGENET_MEAN, IMAGENET_STD
+    from ..contracts import IMAGENET_MEAN, IMAGENET_STD
 
     keys, sups, js = [], [], []
     for _ in range(n):
