@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from poselift.core.progress import add_progress_flags, progress_mode
+
 __all__ = ["main", "build_parser", "load_manifest"]
 
 
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true",
                    help="discard an existing cache or interrupted run made with other settings")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flags(r)
 
     from .cli_keypoints import add_keypoints_parser
 
@@ -243,7 +245,7 @@ def _features(a: argparse.Namespace) -> int:
                            device=device, dtype=a.dtype, weights_sha256=sha,
                            extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                            compile=a.compile, amp=not a.no_amp, overwrite=a.overwrite,
-                           progress=not a.no_progress)
+                           progress=progress_mode(a))
     print(f"{a.out}: wrote {len(res.written)}, skipped {len(res.skipped)} (already cached), "
           f"failed {len(res.failed)}; {res.frames} frames ({res.invalid_frames} without a usable box) "
           f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from poselift.core.progress import add_progress_flags, progress_mode
 
 __all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
 
@@ -61,7 +62,7 @@ def add_keypoints_parser(sub: Any) -> None:
     r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true", help="discard an existing cache / interrupted run")
-    r.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
+    add_progress_flags(r)
 
 
 def _entry_jobs(e: dict[str, Any], base: Path, min_score: float) -> list:
@@ -139,7 +140,7 @@ def run_keypoints(a: argparse.Namespace) -> int:
                             use_pose_nms=nms != "off", min_box_area=a.min_box_area,
                             tracker_iou=a.tracker_iou, tracker_max_age=a.tracker_max_age,
                             tube_length=a.tube_length, weights_sha256=sha, dataset=a.dataset,
-                            overwrite=a.overwrite, progress=not a.no_progress)
+                            overwrite=a.overwrite, progress=progress_mode(a))
     print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
           f"{len(res.failed)}, no person in {len(res.empty)}; {res.frames} frames in {res.seconds:.1f} s "
           f"= {res.frames_per_second:.1f} frames/s")

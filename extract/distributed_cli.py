@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from poselift.core.progress import progress_mode
+
 from .cli import contract_from_args, load_backbone, resolve_workers, specs_from_args
 
 __all__ = ["main", "build_parser", "run_sharded"]
@@ -108,7 +110,7 @@ def run_sharded(a: argparse.Namespace) -> int:
                                num_workers=resolve_workers(a.workers, device), device=device, dtype=a.dtype, weights_sha256=sha,
                                extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                                fingerprint=fingerprint, compile=a.compile, amp=not a.no_amp,
-                               overwrite=a.overwrite, progress=not a.no_progress)
+                               overwrite=a.overwrite, progress=progress_mode(a))
         failed = res.failed
         status.update(written=len(res.written), failed=len(res.failed), frames=res.frames,
                       seconds=res.seconds)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation.metrics import mpjpe
@@ -84,7 +84,7 @@ def evaluate_lifter(model: TemporalModel, data: LiftData, device: torch.device, 
     perm_in = get_joint_set(data.joints_in).flip_permutation() if flip else None
     perm_out = get_joint_set(data.joints_out).flip_permutation() if flip else None
     preds = {}
-    for sid in tqdm(data.ids, desc="evaluate", unit="seq", disable=not progress, leave=False):
+    for sid in progress_bar(data.ids, desc="evaluate", unit="seq", progress=progress, leave=False):
         preds[sid] = predict_sequence(model, data.sequence_inputs(sid), pad=pad,
                                       causal_shift=pad if causal else 0, flip_in=perm_in,
                                       flip_out=perm_out, device=device)
@@ -275,8 +275,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             m.train()
         sums: dict[str, float] = {}
         n_seen, data_time = 0, 0.0
-        bar = tqdm(range(0, len(order), frames_per_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=not cfg.progress, leave=False)
+        bar = progress_bar(range(0, len(order), frames_per_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="batch", progress=cfg.progress, leave=False)
         for b0 in bar:
             td = time.perf_counter()
             batch = ds.get_batch(rank_part(order[b0:b0 + frames_per_batch], ctx))

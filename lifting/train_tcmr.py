@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheError
 
@@ -277,8 +277,8 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # keeps global RNG untouched
         sums: dict[str, float] = {}
         data_time, it = 0.0, iter(loader)
-        bar = tqdm(range(len(steps)), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
-                   disable=not cfg.progress, leave=False)
+        bar = progress_bar(range(len(steps)), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                           progress=cfg.progress, leave=False)
         for _ in bar:
             td = time.perf_counter()
             b = next(it)
