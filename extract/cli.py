@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
-import pickle
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
+from poselift.core.cli import run_guarded
+from poselift.core.checkpoints import add_trust_flag
+from poselift.core.device import resolve_device
 from poselift.core.progress import add_progress_flags, progress_mode
+
+from .manifest import load_manifest, resolve_workers
 
 __all__ = ["main", "build_parser", "load_manifest"]
 
@@ -72,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--weights-format", default="auto", choices=["auto", "torchvision", "spin"],
                    help="checkpoint layout; auto = spin if it holds {'model': ...} with an HMR "
                         "regressor, else torchvision (default: auto)")
-    m.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    add_trust_flag(m, "--weights")
     m.add_argument("--random-init", action="store_true",
                    help="no weights: seeded random backbone, for smoke tests (recorded in the cache)")
     m.add_argument("--seed", type=int, default=0, help="seed for --random-init (default: 0)")
@@ -109,70 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="print frame count, fps and size of videos or image folders")
     pr.add_argument("paths", nargs="+", help="video files or image folders")
     return p
-
-
-def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_score: float) -> dict[int | None, Any]:
-    """{track id or None: BoxTrack} from a box file."""
-    from .boxes import BoxError, boxes_from_array, load_coco_detections, load_posetrack_tracks
-    from .video import open_source
-
-    if fmt in ("coco", "posetrack"):
-        n = len(open_source(source))
-        if fmt == "coco":
-            return {None: load_coco_detections(path, n, min_score=min_score)}
-        tracks = load_posetrack_tracks(path, n)
-        if track_id is not None:
-            if track_id not in tracks:
-                raise BoxError(f"{path}: no track {track_id} (tracks: {sorted(tracks)})")
-            return {None: tracks[track_id]}
-        return dict(tracks)
-    if not path.exists():
-        raise BoxError(f"{path}: box file does not exist")
-    if path.suffix == ".json":
-        raise BoxError(f"{path}: a JSON box file needs box format 'coco' or 'posetrack', not {fmt!r}")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            key = next((k for k in ("boxes", "bbox", "bboxes") if k in z.files), None)
-            if key is None:
-                raise BoxError(f"{path}: no 'boxes' or 'bbox' array (has {z.files})")
-            arr = z[key]
-    else:
-        arr = np.load(path, allow_pickle=False)
-    return {None: boxes_from_array(arr, fmt)}
-
-
-def load_manifest(entries: Sequence[dict[str, Any]], base: Path, *, smooth: bool = False,
-                  min_score: float = 0.0) -> list:
-    """Manifest entries -> SequenceSpec list (relative paths resolved against ``base``)."""
-    from .boxes import smooth_boxes
-    from .features import SequenceSpec
-
-    specs = []
-    for k, e in enumerate(entries):
-        missing = [f for f in ("seq_id", "source", "boxes") if f not in e]
-        if missing:
-            raise ValueError(f"manifest entry {k}: missing field(s) {missing}")
-        source = str(base / e["source"])
-        tracks = _read_boxes(base / e["boxes"], e.get("box_format", "xyxy"), source,
-                             e.get("track_id"), min_score)
-        frames = np.load(base / e["frame_index"]) if e.get("frame_index") else None
-        for tid, tr in tracks.items():
-            if smooth:
-                tr = smooth_boxes(tr)
-            sid = e["seq_id"] if tid is None else f"{e['seq_id']}/{tid}"
-            attrs = dict(e.get("attrs", {}))
-            if tid is not None:
-                attrs["track_id"] = int(tid)
-            specs.append(SequenceSpec(sid, source, tr.boxes, frames, attrs))
-    return specs
-
-
-def resolve_workers(workers: int | None, device: str) -> int:
-    """``--workers`` default: decode in-process on CPU (measured: end-to-end 1.00 of forward-only
-    with 0 workers vs 0.89 with 1 on 2 cores), parallel decoding when a GPU runs the model."""
-    if workers is not None:
-        return workers
-    return 0 if not str(device).startswith("cuda") else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def specs_from_args(a: argparse.Namespace) -> list:
@@ -239,7 +176,7 @@ def _features(a: argparse.Namespace) -> int:
     specs = specs_from_args(a)
     contract = contract_from_args(a)
     model, sha = load_backbone(a)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = str(resolve_device(a.device))
     res = extract_features(specs, a.out, model, contract, batch_size=a.batch_size,
                            num_workers=resolve_workers(a.workers, device),
                            device=device, dtype=a.dtype, weights_sha256=sha,
@@ -269,17 +206,12 @@ def _probe(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from poselift.datasets.cache import CacheError
+    from .cli_keypoints import run_keypoints
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    try:
-        from .cli_keypoints import run_keypoints
-
-        return {"features": _features, "keypoints": run_keypoints, "probe": _probe}[a.command](a)
-    except (ValueError, KeyError, OSError, RuntimeError, CacheError, pickle.UnpicklingError) as e:  # our errors name the file/field; no traceback
-        print(f"poselift-extract: error: {e}", file=sys.stderr)
-        return 2
+    run = {"features": _features, "keypoints": run_keypoints, "probe": _probe}[a.command]
+    return run_guarded("poselift-extract", lambda: run(a))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from poselift.core.checkpoints import add_trust_flag
+from poselift.core.device import resolve_device
 from poselift.core.progress import add_progress_flags, progress_mode
 
 __all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
@@ -39,8 +41,7 @@ def add_keypoints_parser(sub: Any) -> None:
     m.add_argument("--estimator", required=True, choices=["sikr", "famipose"],
                    help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
     m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth")
-    m.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    add_trust_flag(m, "--weights")
     m.add_argument("--fami-config", default="release", choices=["release", "paper"],
                    help="FAMI head variant (release: translation GTM, raw masks; paper: affine, sigmoid)")
     m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
@@ -66,7 +67,7 @@ def add_keypoints_parser(sub: Any) -> None:
 
 
 def _entry_jobs(e: dict[str, Any], base: Path, min_score: float) -> list:
-    from .cli import load_manifest
+    from .manifest import load_manifest
     from .detections import detections_from_tracks, load_coco_frames, load_posetrack_frames
     from .video import open_source
 
@@ -114,7 +115,7 @@ def _load_estimator(a: argparse.Namespace):
 def run_keypoints(a: argparse.Namespace) -> int:
     import torch
 
-    from .cli import resolve_workers
+    from .manifest import resolve_workers
     from .estimators.pose_nms import PoseNMSParams
     from .keypoints import extract_keypoints
 
@@ -133,7 +134,7 @@ def run_keypoints(a: argparse.Namespace) -> int:
     k = int(model.num_joints)
     nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
     params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = str(resolve_device(a.device))
     res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size,
                             num_workers=resolve_workers(a.workers, device),
                             device=device, amp=not a.no_amp, flip_test=a.flip_test, nms_params=params,

@@ -26,9 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from poselift.core.cli import run_guarded
+from poselift.core.device import resolve_device
 from poselift.core.progress import progress_mode
 
-from .cli import contract_from_args, load_backbone, resolve_workers, specs_from_args
+from .cli import contract_from_args, load_backbone, specs_from_args
+from .manifest import resolve_workers
 
 __all__ = ["main", "build_parser", "run_sharded"]
 
@@ -100,7 +103,7 @@ def run_sharded(a: argparse.Namespace) -> int:
     if info.local_rank and torch.cuda.is_available() and a.device in ("auto", "cuda"):
         device = f"cuda:{info.local_rank % torch.cuda.device_count()}"
     else:
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+        device = str(resolve_device(a.device))
     grouped = _init_group(info, a.barrier_timeout) if a.merge == "auto" else False
     target = shard_path(out, info.rank, info.world_size) if info.world_size > 1 else out
     failed: dict[str, str] = {}
@@ -146,15 +149,9 @@ def run_sharded(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from poselift.datasets.cache import CacheError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    try:
-        return run_sharded(a)
-    except (ValueError, OSError, RuntimeError, CacheError) as e:
-        print(f"poselift-extract-dist: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded("poselift-extract-dist", lambda: run_sharded(a))
 
 
 if __name__ == "__main__":

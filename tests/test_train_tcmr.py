@@ -9,11 +9,11 @@ from poselift.datasets.cache import CacheError, CacheHeader, CacheWriter
 from poselift.datasets.windows import gather_indices
 from poselift.lifting.checkpoint import load_checkpoint
 from poselift.lifting.config import apply_overrides
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr_data import (MixedBatchSampler, TCMRWindowData, crop_normalise,
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.data import (MixedBatchSampler, TCMRWindowData, crop_normalise,
                                         eval_windows, open_source, tcmr_stride, train_windows)
-from poselift.lifting.tcmr_synthetic import make_tiny_tcmr_caches
-from poselift.lifting.train_tcmr import TCMRConfig, train_tcmr
+from poselift.synthetic.tcmr import make_tiny_tcmr_caches
+from poselift.lifting.tcmr.train import TCMRConfig, train_tcmr
 
 F = 32
 

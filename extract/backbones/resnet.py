@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, check_keys, file_sha256, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, check_keys, file_sha256, load_checkpoint
 
 log = logging.getLogger(__name__)
 

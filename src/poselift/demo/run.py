@@ -69,7 +69,7 @@ def _reset_if_settings_changed(data: Path, settings: dict) -> None:
 def _baseline_mpjpe_mm(train, test) -> float:
     """A constant mean pose (average root-relative training pose) for every test frame."""
     from poselift.evaluation import mpjpe
-    from poselift.lifting.lift_data import root_relative
+    from poselift.lifting.videopose3d.data import root_relative
 
     mean = np.concatenate([root_relative(train.sequence_targets(s)) for s in train.ids]).mean(0)
     errs = [mpjpe(np.broadcast_to(mean, (len(g), *mean.shape)), g)
@@ -80,9 +80,9 @@ def _baseline_mpjpe_mm(train, test) -> float:
 def run_demo(out: Path, *, epochs: int = 60, frames: int = 80, channels: int = 256,
              feature_step: int = 4, skip_features: bool = False, progress: bool = True) -> dict:
     from poselift.lifting.config import LiftConfig
-    from poselift.lifting.lift_data import LiftData
-    from poselift.lifting.lift_eval import evaluate_checkpoint
-    from poselift.lifting.train_lifter import train_lifter
+    from poselift.lifting.videopose3d.data import LiftData
+    from poselift.lifting.videopose3d.eval import evaluate_checkpoint
+    from poselift.lifting.videopose3d.train import train_lifter
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
