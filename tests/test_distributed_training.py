@@ -37,7 +37,7 @@ WORKER = '''
 import json, os, sys
 from pathlib import Path
 import torch
-from poselift.lifting import checkpoint as ck
+from poselift.lifting import run
 from poselift.lifting.tcmr import train as tt
 from poselift.lifting.videopose3d import train as tl
 from poselift.lifting.config import LiftConfig
@@ -51,8 +51,7 @@ def recording(save):
             fh.write(str(path) + "\\n")
         return save(path, **kw)
     return f
-tl.save_checkpoint = recording(tl.save_checkpoint)
-tt.save_checkpoint = recording(tt.save_checkpoint)
+run.save_checkpoint = recording(run.save_checkpoint)  # both loops save through lifting/run.py
 job = json.loads(Path(sys.argv[1]).read_text())
 tt.train_tcmr(TCMRConfig(**job["tcmr"]))
 tl.train_lifter(LiftConfig(**job["lifter"]))
