@@ -30,7 +30,7 @@ from poselift.core.checkpoints import add_trust_flag
 from poselift.core.device import resolve_device
 from poselift.core.progress import add_progress_flags, progress_mode
 
-from .manifest import load_manifest, resolve_workers
+from .manifest import load_manifest, report_failures, resolve_workers
 
 __all__ = ["main", "build_parser", "load_manifest"]
 
@@ -186,9 +186,7 @@ def _features(a: argparse.Namespace) -> int:
     print(f"{a.out}: wrote {len(res.written)}, skipped {len(res.skipped)} (already cached), "
           f"failed {len(res.failed)}; {res.frames} frames ({res.invalid_frames} without a usable box) "
           f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
-    for sid, err in res.failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
-    return 1 if res.failed else 0
+    return report_failures(res.failed)
 
 
 def _probe(a: argparse.Namespace) -> int:

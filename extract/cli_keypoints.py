@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -115,7 +114,7 @@ def _load_estimator(a: argparse.Namespace):
 def run_keypoints(a: argparse.Namespace) -> int:
     import torch
 
-    from .manifest import resolve_workers
+    from .manifest import report_failures, resolve_workers
     from .estimators.pose_nms import PoseNMSParams
     from .keypoints import extract_keypoints
 
@@ -145,6 +144,4 @@ def run_keypoints(a: argparse.Namespace) -> int:
     print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
           f"{len(res.failed)}, no person in {len(res.empty)}; {res.frames} frames in {res.seconds:.1f} s "
           f"= {res.frames_per_second:.1f} frames/s")
-    for sid, err in res.failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
-    return 1 if res.failed else 0
+    return report_failures(res.failed)

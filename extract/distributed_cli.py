@@ -31,7 +31,7 @@ from poselift.core.device import resolve_device
 from poselift.core.progress import progress_mode
 
 from .cli import contract_from_args, load_backbone, specs_from_args
-from .manifest import resolve_workers
+from .manifest import report_failures, resolve_workers
 
 __all__ = ["main", "build_parser", "run_sharded"]
 
@@ -120,10 +120,9 @@ def run_sharded(a: argparse.Namespace) -> int:
         print(f"[rank {info.rank}/{info.world_size}] {target}: wrote {len(res.written)}, skipped "
               f"{len(res.skipped) + len(mine) - len(todo)}, failed {len(res.failed)}; {res.frames} "
               f"frames in {res.seconds:.1f} s", flush=True)
-    for sid, err in failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
+    rc = report_failures(failed)
     if info.world_size == 1:
-        return 1 if failed else 0
+        return rc
     statuses = [status]
     if grouped:
         import torch.distributed as dist

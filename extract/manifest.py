@@ -4,12 +4,13 @@ decode-worker default, shared by ``poselift-extract features`` / ``keypoints`` a
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["load_manifest", "resolve_workers"]
+__all__ = ["load_manifest", "resolve_workers", "report_failures"]
 
 
 def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_score: float) -> dict[int | None, Any]:
@@ -74,3 +75,11 @@ def resolve_workers(workers: int | None, device: str) -> int:
     if workers is not None:
         return workers
     return 0 if not str(device).startswith("cuda") else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def report_failures(failed: Mapping[str, str]) -> int:
+    """One ``FAILED <sequence>: <error>`` line on stderr per failed sequence; the exit status of
+    an extraction run (1 when any sequence failed)."""
+    for sid, err in failed.items():
+        print(f"  FAILED {sid}: {err}", file=sys.stderr)
+    return 1 if failed else 0

@@ -26,7 +26,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_subcommands("poselift-evaluate", " ".join(__doc__.split("\n\n")[0].split()), COMMANDS, argv)
+    return run_subcommands("poselift-evaluate", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ def run_guarded(prog: str, run: Callable[[], int | None]) -> int:
 def run_subcommands(prog: str, description: str, commands: dict[str, Command],
                     argv: Sequence[str] | None, *,
                     formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> int:
-    """Parse ``argv`` into one of ``commands`` and run it under :func:`run_guarded`."""
+    """Parse ``argv`` into one of ``commands`` and run it under :func:`run_guarded`.
+    ``description``: the tool's text, of which the first paragraph is shown (a module
+    docstring can be passed as it is)."""
+    description = " ".join(description.split("\n\n")[0].split())
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=formatter_class)
     sub = p.add_subparsers(dest="command", required=True)
     for name, (add, run, help_) in commands.items():
