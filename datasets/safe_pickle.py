@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from poselift.core.errors import UserError
+
 __all__ = [
     "NUMPY_SAFE_GLOBALS", "UnsafePickleError", "allowed_global_names", "plain_safe_globals",
     "safe_pickle_load",
@@ -41,7 +43,7 @@ __all__ = [
 SafeGlobal = tuple[Any, str]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UserError, pickle.UnpicklingError):
     """A pickle referenced a global outside the allow-list (nothing was executed)."""
 
     def __init__(self, source: str, global_name: str | None, detail: str = "") -> None:

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage, signal
 
+from poselift.core.errors import UserError
+
 __all__ = ["BoxError", "BoxTrack", "to_xyxy", "xyxy_to_cxcywh", "boxes_from_array",
            "load_coco_detections", "load_posetrack_tracks", "smooth_boxes", "smooth_box_params",
            "joints_to_box_params", "boxes_from_joints", "BOX_FORMATS"]
@@ -25,7 +27,7 @@ __all__ = ["BoxError", "BoxTrack", "to_xyxy", "xyxy_to_cxcywh", "boxes_from_arra
 BOX_FORMATS = ("xyxy", "cxcywh", "xywh")
 
 
-class BoxError(ValueError):
+class BoxError(UserError, ValueError):
     """Bad or missing boxes; messages name the file, frame and entry."""
 
 

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from poselift.core.checkpoints import add_trust_flag
+from poselift.core.device import resolve_device
+from poselift.core.progress import add_progress_flags, progress_mode
 
 __all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
 
@@ -42,8 +45,7 @@ def add_keypoints_parser(sub: Any) -> None:
                    help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
     m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth, or a zoo name "
                    "(alphapose-fastpose-coco17; see `poselift weights list`)")
-    m.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    add_trust_flag(m, "--weights")
     m.add_argument("--fami-config", default="release", choices=["release", "paper"],
                    help="FAMI head variant (release: translation GTM, raw masks; paper: affine, sigmoid)")
     m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
@@ -65,11 +67,11 @@ def add_keypoints_parser(sub: Any) -> None:
     r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true", help="discard an existing cache / interrupted run")
-    r.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
+    add_progress_flags(r)
 
 
 def _entry_jobs(e: dict[str, Any], base: Path, min_score: float, image_id_offset: int = 0) -> list:
-    from .cli import load_manifest
+    from .manifest import load_manifest
     from .detections import detections_from_tracks, load_coco_frames, load_posetrack_frames
     from .video import open_source
 
@@ -141,7 +143,7 @@ def _load_estimator(a: argparse.Namespace):
 def run_keypoints(a: argparse.Namespace) -> int:
     import torch
 
-    from .cli import log_failures, resolve_workers
+    from .manifest import log_failures, resolve_workers
     from .estimators.pose_nms import PoseNMSParams
     from .keypoints import extract_keypoints
 
@@ -166,14 +168,14 @@ def run_keypoints(a: argparse.Namespace) -> int:
     k = int(model.num_joints)
     nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
     params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = str(resolve_device(a.device))
     res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size,
                             num_workers=resolve_workers(a.workers, device),
                             device=device, amp=not a.no_amp, flip_test=a.flip_test, nms_params=params,
                             use_pose_nms=nms != "off", min_box_area=a.min_box_area,
                             tracker_iou=a.tracker_iou, tracker_max_age=a.tracker_max_age,
                             tube_length=a.tube_length, weights_sha256=sha, dataset=a.dataset,
-                            overwrite=a.overwrite, progress=not a.no_progress)
+                            overwrite=a.overwrite, progress=progress_mode(a))
     failed.update(res.failed)  # each failure was logged once where it happened
     print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
           f"{len(failed)}, no person in {len(res.empty)}; {res.frames} frames of written sequences "

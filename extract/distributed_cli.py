@@ -26,7 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli import contract_from_args, load_backbone, log_failures, resolve_workers, specs_from_args
+from poselift.core.cli import run_guarded
+from poselift.core.device import resolve_device
+from poselift.core.progress import progress_mode
+
+from .cli import contract_from_args, load_backbone, specs_from_args
+from .manifest import log_failures, resolve_workers
 
 __all__ = ["main", "build_parser", "run_sharded"]
 
@@ -105,7 +110,7 @@ def run_sharded(a: argparse.Namespace) -> int:
     if info.local_rank and torch.cuda.is_available() and a.device in ("auto", "cuda"):
         device = f"cuda:{info.local_rank % torch.cuda.device_count()}"
     else:
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+        device = str(resolve_device(a.device))
     grouped = _init_group(info, a.barrier_timeout) if a.merge == "auto" else False
     target = shard_path(out, info.rank, info.world_size) if info.world_size > 1 else out
     failed: dict[str, str] = dict(bad_inputs)
@@ -115,15 +120,16 @@ def run_sharded(a: argparse.Namespace) -> int:
                                num_workers=resolve_workers(a.workers, device), device=device, dtype=a.dtype, weights_sha256=sha,
                                extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                                fingerprint=fingerprint, compile=a.compile, amp=not a.no_amp,
-                               overwrite=a.overwrite, progress=not a.no_progress)
+                               overwrite=a.overwrite, progress=progress_mode(a))
         failed.update(res.failed)  # each failure was logged once where it happened
         status.update(written=len(res.written), failed=len(failed), frames=res.frames,
                       seconds=res.seconds)
         print(f"[rank {info.rank}/{info.world_size}] {target}: wrote {len(res.written)}, skipped "
               f"{len(res.skipped) + len(mine) - len(todo)}, failed {len(failed)}; {res.frames} "
               f"frames of written sequences in {res.seconds:.1f} s", flush=True)
+    rc = 1 if failed else 0
     if info.world_size == 1:
-        return 1 if failed else 0
+        return rc
     statuses = [status]
     if grouped:
         import torch.distributed as dist
@@ -149,15 +155,9 @@ def run_sharded(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from poselift.datasets.cache import CacheError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    try:
-        return run_sharded(a)
-    except (ValueError, OSError, RuntimeError, CacheError) as e:
-        print(f"poselift-extract-dist: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded("poselift-extract-dist", lambda: run_sharded(a))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheHeader, CacheWriter
 
@@ -313,8 +313,8 @@ def _run(todo: list[SequenceSpec], writer: CacheWriter, backbone: torch.nn.Modul
                         prefetch_factor=2 if num_workers > 0 else None)
     streams: dict[int, Any] = {}
     dead: set[int] = set()
-    bar = tqdm(total=sum(len(s.boxes) for s in todo), unit="frame", disable=not progress,
-               desc=f"features -> {Path(writer.path).name}", smoothing=0.1)
+    bar = progress_bar(total=sum(len(s.boxes) for s in todo), unit="frame", progress=progress,
+                       desc=f"features -> {Path(writer.path).name}", smoothing=0.1)
     try:
         for ch in loader:
             i = int(ch["seq"])

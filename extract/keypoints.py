@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheHeader, CacheWriter
 from poselift.datasets.joints import get_joint_set
@@ -269,8 +269,8 @@ def _run_detections(jobs: list[VideoDetections], writer: CacheWriter, runner: Si
     loader = DataLoader(DetectionCropStream(todo, contract, batch_size), **loader_kw)
     state: dict[int, dict[str, Any]] = {}
     dead: set[int] = set()
-    bar = tqdm(total=sum(len(j.frame_index) for j in todo), unit="frame", disable=not progress,
-               desc=f"keypoints -> {Path(writer.path).name}")
+    bar = progress_bar(total=sum(len(j.frame_index) for j in todo), unit="frame", progress=progress,
+                       desc=f"keypoints -> {Path(writer.path).name}")
     try:
         for ch in loader:
             i = int(ch["job"])
@@ -389,8 +389,8 @@ def _run_tubes(jobs: list[VideoDetections], writer: CacheWriter, runner: FamiRun
     open_: dict[int, _TrackOut] = {}
     dead: set[int] = set()
     pending: dict[int, list[int]] = {}  # per tube: [frames, invalid frames] until it commits
-    bar = tqdm(total=sum(len(t.boxes) for t in tubes), unit="frame", disable=not progress,
-               desc=f"keypoints -> {Path(writer.path).name}")
+    bar = progress_bar(total=sum(len(t.boxes) for t in tubes), unit="frame", progress=progress,
+                       desc=f"keypoints -> {Path(writer.path).name}")
     try:
         for ch in loader:
             i = int(ch["job"])

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["LiftConfig", "load_config", "apply_overrides", "config_to_dict", "parse_set_args"]
+__all__ = ["LiftConfig", "load_config", "apply_overrides", "config_to_dict", "parse_set_args",
+           "config_from_cli"]
 
 T = TypeVar("T")
 
@@ -145,3 +146,17 @@ def load_config(cls: type[T], path: str | Path | None = None,
 def dump_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (and keep JSON-compatible types)."""
     Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(config_to_dict(cfg))), sort_keys=False))
+
+
+def config_from_cli(cls: type[T], path: str | None, set_args: list[str] | None,
+                    flags: dict[str, Any], print_config: bool = False) -> T | None:
+    """The training commands' config: defaults, ``--config`` YAML, ``--set`` items, then the
+    path flags that were given (``flags``: config key -> flag value or None). With
+    ``print_config`` the resolved config is printed as JSON and None returned."""
+    over: dict[str, Any] = parse_set_args(set_args)
+    over.update({k: v for k, v in flags.items() if v})
+    cfg = load_config(cls, path, over)
+    if print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return None
+    return cfg

@@ -10,9 +10,11 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import numpy as np
+
+from poselift.core.errors import UserError
 
 SCHEMA_NAME = "poselift-cache"
 SCHEMA_VERSION = 1
@@ -20,7 +22,7 @@ KINDS = ("gt", "keypoints2d", "features", "predictions")
 SEQ_GROUP = "sequences"
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """Any problem with a cache file; messages name the file, sequence and field."""
 
 
@@ -183,10 +185,6 @@ def belongs_to(seq_id: str, inputs: "set[str] | list[str]") -> bool:
 def group_name(seq_id: str) -> str:
     """HDF5-safe group name for a sequence id (``/`` would create nested groups)."""
     return quote(seq_id, safe=" -_.,()+=@:|[]")
-
-
-def seq_id_from_group(name: str) -> str:
-    return unquote(name)
 
 
 def array_digest(h: "hashlib._Hash", name: str, arr: np.ndarray) -> None:

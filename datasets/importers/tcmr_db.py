@@ -26,9 +26,11 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
+
+from poselift.core.errors import UserError
 
 from ..cache import CacheHeader, CacheWriter
 
@@ -36,13 +38,13 @@ __all__ = ["TCMRImportError", "DBSpec", "DB_SPECS", "load_db", "video_runs", "im
            "parse_frame_ids", "file_fingerprint", "ImportSummary"]
 
 
-class TCMRImportError(ValueError):
+class TCMRImportError(UserError, ValueError):
     """A DB file is malformed or unsafe; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
 class DBSpec:
-    """Per-dataset facts of the reference DB writers (tcmr.md §3.1-3.2)."""
+    """Per-dataset facts of the reference DB writers."""
 
     kp2d_layout: str
     kp3d_layout: dict[str, str] | None  # split -> layout; None for 2D-only datasets
@@ -413,9 +415,3 @@ def _label_arrays(db: Any, a: int, b: int, fi: np.ndarray, has_3d: bool, has_smp
     if has_bbox:
         out["bbox_cxcywh"] = np.asarray(db["bbox"][a:b], dtype=np.float32)
     return out
-
-
-def iter_db_keys(db: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], str]]:
-    """(key, shape, dtype) of every array in a loaded DB (for ``--inspect``)."""
-    for k, v in db.items():
-        yield k, tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", type(v).__name__))

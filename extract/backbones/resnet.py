@@ -20,9 +20,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from poselift.core.checkpoints import CheckpointError, check_keys, file_sha256, load_checkpoint
 from poselift.zoo import resolve_weights
-
-from .checkpoint import CheckpointError, check_keys, file_sha256, load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from poselift.extract.backbones.checkpoint import CheckpointError, check_keys, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, check_keys, load_checkpoint
 from poselift.zoo import resolve_weights
 
 __all__ = ["HRNet", "BasicBlock", "Bottleneck", "load_hrnet", "infer_hrnet_config", "read_checkpoint",

@@ -1,8 +1,7 @@
 """VideoPose3D temporal-convolution lifters (2D keypoint sequences -> 3D poses).
 
 Parameter names, registration order and channel layout follow the reference
-VideoPose3D models (facts in the team's shared formats notes, videopose3d.md §1) so that its
-``.bin`` checkpoints load with an identity key map:
+VideoPose3D models so that its ``.bin`` checkpoints load with an identity key map:
 
 - input channels are ``joint * F + coord`` (the last two input axes flattened),
 - output channels are ``joint * 3 + coord``,

@@ -6,7 +6,7 @@ import json
 
 from poselift.datasets.cache import CacheError
 
-from .config import LiftConfig, load_config, parse_set_args
+from ..config import LiftConfig, config_from_cli
 
 __all__ = ["add_train_arguments", "run_train", "add_eval_arguments", "run_eval"]
 
@@ -27,17 +27,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(a: argparse.Namespace) -> int:
-    from .train_lifter import train_lifter
+    from .train import train_lifter
 
-    over = parse_set_args(a.set)
-    for key, val in (("gt_cache", a.gt), ("keypoints_cache", a.keypoints), ("out_dir", a.out_dir)):
-        if val:
-            over[key] = val
-    cfg = load_config(LiftConfig, a.config, over)
-    if a.print_config:
-        import dataclasses
-
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    cfg = config_from_cli(LiftConfig, a.config, a.set, {"gt_cache": a.gt, "keypoints_cache": a.keypoints,
+                                                        "out_dir": a.out_dir}, a.print_config)
+    if cfg is None:
         return 0
     if not cfg.gt_cache or not cfg.keypoints_cache:
         raise ValueError("both a ground-truth cache (--gt) and a keypoint cache (--keypoints) are needed")
@@ -70,7 +64,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(a: argparse.Namespace) -> int:
-    from .lift_eval import evaluate_checkpoint
+    from .eval import evaluate_checkpoint
 
     try:
         report, paths = evaluate_checkpoint(

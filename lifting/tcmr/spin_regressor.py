@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from poselift.lifting.rotations import rot6d_to_rotmat, rotmat_to_axis_angle
-from poselift.lifting.smpl_model import SPINSMPL
+from poselift.lifting.tcmr.rotations import rot6d_to_rotmat, rotmat_to_axis_angle
+from poselift.lifting.tcmr.smpl_model import SPINSMPL
 
 __all__ = ["Regressor", "weak_perspective_projection", "H36M_TO_J17", "H36M_TO_J14",
            "FOCAL_LENGTH", "CROP_SIZE", "NPOSE"]

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from poselift.core.device import resolve_device
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation import Report, SequenceRecord, evaluate_sequences, videopose3d_protocol
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .lift_data import LiftData, root_relative
-from .temporal_conv import TemporalModel
-from .train_lifter import evaluate_lifter, resolve_device
+from ..checkpoint import CheckpointError, load_checkpoint
+from .data import LiftData, root_relative
+from .model import TemporalModel
+from .train import evaluate_lifter
 
 __all__ = ["lifter_records", "write_lifter_report", "load_lifter", "evaluate_checkpoint",
            "save_predictions_npz"]

@@ -1,4 +1,4 @@
-"""TCMR/VIBE evaluation protocols on caches (tcmr.md §4), reports and mesh export.
+"""TCMR/VIBE evaluation protocols on caches, reports and mesh export.
 
 Protocols (TCMR ``evaluate.py``):
 * ``3dpw``: prediction = H36M regressor . vertices -> 14 LSP joints; GT = the stored 14 joints
@@ -27,13 +27,13 @@ import torch
 from poselift.datasets.joints import LSP14
 from poselift.evaluation import Report, SequenceRecord, evaluate_sequences, tcmr_summary
 
-from .checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint
 from .rotations import axis_angle_to_rotmat
 from .smpl_model import build_spin_smpl, load_extra_regressor
-from .tcmr import TCMR
-from .tcmr_ckpt import load_tcmr, load_tcmr_state_dict
+from .model import TCMR
+from .interop import load_tcmr, load_tcmr_state_dict
 from poselift.zoo import resolve_weights
-from .tcmr_data import TCMRSource, TCMRWindowData, eval_windows, spin49_index
+from .data import TCMRSource, TCMRWindowData, eval_windows, spin49_index
 
 __all__ = ["TCMRProtocol", "PROTOCOLS", "MPII3D_TEST_FROM_SPIN49", "MPII3D_TEST_NAMES",
            "load_tcmr_any", "predict_source", "protocol_records", "evaluate_source",
@@ -252,8 +252,3 @@ def write_tcmr_report(report: Report, info: dict[str, Any], out_dir: str | Path,
 
         paths.update({f"plot_{k}": str(v) for k, v in write_plots(report, out / "plots").items()})
     return paths
-
-
-def gt_rotmats(pose: np.ndarray) -> torch.Tensor:
-    """(T, 72) axis-angle -> (T, 24, 3, 3) rotation matrices."""
-    return axis_angle_to_rotmat(torch.from_numpy(pose).float().reshape(-1, 3)).reshape(-1, 24, 3, 3)

@@ -1,4 +1,4 @@
-"""TCMR training from feature caches, readable top to bottom (recipe: tcmr.md §2).
+"""TCMR training from feature caches, readable top to bottom (the published TCMR recipe).
 
 Adam (lr 5e-5), ReduceLROnPlateau(factor 0.1, patience 5) on validation PA-MPJPE, 500
 iterations per epoch, batches of 32 = int(32 * 0.6) 2D-only windows + the rest 3D windows,
@@ -19,7 +19,6 @@ scheduler sees the broadcast value) and writes the only checkpoints.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,29 +27,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from poselift.core.device import resolve_device
+from poselift.core.progress import progress_bar
 from poselift.datasets.cache import CacheError
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import (DistContext, all_reduce_sums, barrier, broadcast_object, gather_rng_states,
-                          init_distributed, rank_part, restore_rng_state, shutdown, wrap_ddp)
-from .config import config_to_dict, dump_config
+from ..config import config_to_dict
+from ..distributed import (DistContext, all_reduce_sums, broadcast_object, init_distributed, rank_part,
+                           shutdown, wrap_ddp)
+from ..run import finish_run, resume_checkpoint, rng_extra, save_epoch, seed_everything, start_run
 from .smpl_model import build_spin_smpl, load_mean_params
-from .tcmr import TCMR
-from .tcmr_ckpt import SMPL_PREFIX, load_tcmr_state_dict
-from .tcmr_data import (MixedBatchSampler, TCMRWindowData, open_source, source_paths,
+from .model import TCMR
+from .interop import SMPL_PREFIX, load_tcmr_state_dict
+from .data import (MixedBatchSampler, TCMRWindowData, open_source, source_paths,
                         tcmr_stride, train_windows)
-from .tcmr_eval import PROTOCOLS, evaluate_source, h36m_regressor
-from .tcmr_losses import TCMRLoss, TCMRLossWeights
-from .train_lifter import resolve_device
-
+from .eval import PROTOCOLS, evaluate_source, h36m_regressor
+from .losses import TCMRLoss, TCMRLossWeights
 __all__ = ["TCMRConfig", "train_tcmr", "build_tcmr", "check_validation_split", "StepBatches"]
 
 
 @dataclass
 class TCMRConfig:
-    """TCMR training; sources are cache name prefixes in ``cache_dir`` (see tcmr_data)."""
+    """TCMR training; sources are cache name prefixes in ``cache_dir`` (see ``data``)."""
 
     cache_dir: str = "caches/tcmr"
     train_2d: list[str] = field(default_factory=lambda: ["insta_train"])
@@ -187,11 +185,6 @@ def _rep3(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1).expand(x.shape[0], 3, *x.shape[1:])
 
 
-def _seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
     """Train (or resume) TCMR; returns a summary (also written to ``summary.json``).
     Data-parallel under ``torchrun`` (module docstring)."""
@@ -209,14 +202,11 @@ def train_tcmr(cfg: TCMRConfig, resume: bool = True) -> dict[str, Any]:
 
 def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
     out = Path(cfg.out_dir)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
-    barrier(ctx)
+    start_run(cfg, out, ctx)
     device = ctx.device
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    _seed(cfg.seed)
+    seed_everything(cfg.seed)
 
     stride = tcmr_stride(cfg.overlap)
     src_2d = [open_source(cfg.cache_dir, n, feat_dim=cfg.feat_dim, use_smpl=False) for n in cfg.train_2d]
@@ -255,17 +245,12 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
     last, best_path = out / "last.pt", out / "best.pt"
     start_epoch, history, best = 0, [], float("inf")
     if resume and last.exists():
-        ck = load_checkpoint(last, map_location="cpu")
-        if ck["cache_fingerprints"] != fingerprints:
-            raise RuntimeError(f"{last}: was trained on other caches; use another out_dir or delete it")
+        ck = resume_checkpoint(last, fingerprints, ctx)
         load_tcmr_state_dict(model, ck["state_dict"], last)
         optimizer.load_state_dict(ck["optimizer"])
         ex = ck["extra"]
         scheduler.load_state_dict(ex["scheduler"])
         start_epoch, history, best = ck["epoch"], ex["history"], ex["best"]
-        restore_rng_state(ex.get("rank_rng"), ex["torch_rng"], ctx, str(last))
-        if device.type == "cuda" and ex.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ex["cuda_rng"])
         print(f"resumed from {last} at epoch {start_epoch}")
 
     batches = StepBatches(sampler, data_2d, data_3d, ctx)
@@ -279,8 +264,8 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # keeps global RNG untouched
         sums: dict[str, float] = {}
         data_time, it = 0.0, iter(loader)
-        bar = tqdm(range(len(steps)), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
-                   disable=not cfg.progress, leave=False)
+        bar = progress_bar(range(len(steps)), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                           progress=cfg.progress, leave=False)
         for step in bar:
             td = time.perf_counter()
             b = next(it)
@@ -325,31 +310,21 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
                "data_fraction": data_time / max(train_s, 1e-9),
                "steps_per_s": len(steps) / max(train_s, 1e-9), "world_size": ctx.world_size}
         history.append(rec)
-        rngs = gather_rng_states(ctx)
+        rngs = rng_extra(ctx)
         is_best = pa < best
         best = min(best, pa)
         if not ctx.is_main:
             continue
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
-        extra = {"scheduler": scheduler.state_dict(), "history": history, "best": best,
-                 "torch_rng": rngs[0], "rank_rng": rngs if ctx.enabled else None,
-                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+        extra = {"scheduler": scheduler.state_dict(), "history": history, "best": best, **rngs,
                  "val_protocol": cfg.val_protocol}
         sd = {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
         ck_kw = dict(model_name="tcmr", model_args=model_args, state_dict=sd,
                      config=config_to_dict(cfg), cache_fingerprints=fingerprints,
                      epoch=epoch + 1, optimizer=optimizer.state_dict(), extra=extra)
-        save_checkpoint(last, **ck_kw)
-        if is_best:
-            save_checkpoint(best_path, **ck_kw)
+        save_epoch(out, epoch + 1, ck_kw, is_best=is_best)
     summary = {"out_dir": str(out), "checkpoint": str(last), "best": str(best_path),
                "best_val_pa_mpjpe_mm": best, "epochs": cfg.epochs, "history": history,
                "train_windows": {s.name: len(d) for s, d in zip(src_2d + src_3d, data_2d + data_3d)},
                "stride": stride}
-    if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(TCMRConfig)]
+    return finish_run(out, summary, ctx)

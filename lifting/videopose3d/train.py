@@ -24,41 +24,30 @@ and writes the checkpoints. Semi-supervised training is single-process only.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from poselift.core.device import resolve_device
+from poselift.core.progress import progress_bar
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation.metrics import mpjpe
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import (DistContext, SyncTemporalModelOptimized1f, all_reduce_sums, barrier,
-                          broadcast_object,
-                          convert_sync_batchnorm, gather_rng_states, init_distributed, rank_part,
-                          restore_rng_state, shutdown, wrap_ddp)
-from .config import LiftConfig, config_to_dict, dump_config
-from .infer_lifter import predict_sequence
-from .lift_data import LiftData, root_relative
+from ..config import LiftConfig, config_to_dict
+from ..distributed import (DistContext, SyncTemporalModelOptimized1f, all_reduce_sums, broadcast_object,
+                           convert_sync_batchnorm, init_distributed, rank_part, shutdown, wrap_ddp)
+from ..run import finish_run, resume_checkpoint, rng_extra, save_epoch, seed_everything, start_run
+from .infer import predict_sequence
+from .data import LiftData, root_relative
 from .losses import mpjpe_loss, weighted_mpjpe_loss
 from .semi_supervised import (SemiSupervisedError, UnlabeledStream, open_unlabeled,
                               semi_supervised_terms)
-from .temporal_conv import TemporalModel, TemporalModelOptimized1f, bn_momentum_schedule
+from .model import TemporalModel, TemporalModelOptimized1f, bn_momentum_schedule
 
-__all__ = ["train_lifter", "resolve_device", "build_lifters", "evaluate_lifter"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
+__all__ = ["train_lifter", "build_lifters", "evaluate_lifter"]
 
 
 def build_lifters(cfg: LiftConfig, j_in: int, j_out: int, num_out: int | None = None
@@ -84,7 +73,7 @@ def evaluate_lifter(model: TemporalModel, data: LiftData, device: torch.device, 
     perm_in = get_joint_set(data.joints_in).flip_permutation() if flip else None
     perm_out = get_joint_set(data.joints_out).flip_permutation() if flip else None
     preds = {}
-    for sid in tqdm(data.ids, desc="evaluate", unit="seq", disable=not progress, leave=False):
+    for sid in progress_bar(data.ids, desc="evaluate", unit="seq", progress=progress, leave=False):
         preds[sid] = predict_sequence(model, data.sequence_inputs(sid), pad=pad,
                                       causal_shift=pad if causal else 0, flip_in=perm_in,
                                       flip_out=perm_out, device=device)
@@ -95,11 +84,6 @@ def _mean_mpjpe_mm(preds: dict[str, np.ndarray], data: LiftData) -> float:
     """Frame-weighted MPJPE (mm) of pose predictions against root-relative ground truth."""
     errs = [mpjpe(preds[s], root_relative(data.sequence_targets(s))) for s in data.ids]
     return float(np.concatenate(errs).mean() * 1000.0)
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 def _open_splits(cfg: LiftConfig) -> tuple[LiftData, LiftData | None]:
@@ -181,7 +165,7 @@ def train_lifter(cfg: LiftConfig, resume: bool = True, *, sync_bn: bool = True) 
     """Train (or resume) a lifter as configured; returns a summary dict (also written as JSON).
 
     Semi-supervised when ``cfg.unlabeled_subjects`` is set (needs ``trajectory`` and camera
-    intrinsics, i.e. Human3.6M): see :mod:`poselift.lifting.semi_supervised`.
+    intrinsics, i.e. Human3.6M): see :mod:`poselift.lifting.videopose3d.semi_supervised`.
     Under ``torchrun`` it trains data-parallel (module docstring); ``sync_bn`` synchronises
     BatchNorm statistics over the ranks (reference semantics; ignored in one process).
     """
@@ -196,11 +180,9 @@ def train_lifter(cfg: LiftConfig, resume: bool = True, *, sync_bn: bool = True) 
 
 
 def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: Path) -> dict[str, Any]:
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
+    start_run(cfg, out, ctx)
     device = ctx.device
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     train, test = _open_splits(cfg)
     js_out = get_joint_set(train.joints_out)
@@ -239,13 +221,9 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     data_info = {"dataset": train.gt.header.dataset, "joints_in": train.joints_in,
                  "joints_out": train.joints_out}
     last = out / "last.pt"
-    barrier(ctx)  # rank 0 made the folder
     start_epoch, lr, history = 0, cfg.lr, []
     if resume and last.exists():
-        ck = load_checkpoint(last, map_location=device)
-        if ck["cache_fingerprints"] != fingerprints:
-            raise RuntimeError(f"{last}: was trained on other caches ({ck['cache_fingerprints']}); "
-                               f"use another --out-dir or delete it")
+        ck = resume_checkpoint(last, fingerprints, ctx, map_location=device)
         model_train.load_state_dict(ck["state_dict"])
         if traj_train is not None:
             traj_train.load_state_dict(ck["extra"]["traj_state_dict"])
@@ -256,7 +234,6 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             unlabeled.load_state_dict(ck["extra"]["unlabeled_stream"])
         optimizer.load_state_dict(ck["optimizer"])
         start_epoch, lr, history = ck["epoch"], ck["extra"]["lr"], ck["extra"]["history"]
-        restore_rng_state(ck["extra"].get("rank_rng"), ck["extra"]["torch_rng"], ctx, str(last))
         for m in models:
             m.set_bn_momentum(bn_momentum_schedule(start_epoch, cfg.epochs, cfg.bn_momentum_start,
                                                    cfg.bn_momentum_end))
@@ -275,8 +252,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             m.train()
         sums: dict[str, float] = {}
         n_seen, data_time = 0, 0.0
-        bar = tqdm(range(0, len(order), frames_per_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=not cfg.progress, leave=False)
+        bar = progress_bar(range(0, len(order), frames_per_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="batch", progress=cfg.progress, leave=False)
         for b0 in bar:
             td = time.perf_counter()
             batch = ds.get_batch(rank_part(order[b0:b0 + frames_per_batch], ctx))
@@ -325,12 +302,11 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
                 evaluate_lifter(model_eval, test, device, flip=cfg.flip_test, causal=cfg.causal), test)
         rec = broadcast_object(rec, ctx)  # rank 0 evaluated: one history on every rank
         history.append(rec)
-        rngs = gather_rng_states(ctx)
+        rngs = rng_extra(ctx)
         if not ctx.is_main:
             continue
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}))
-        extra = {"lr": lr, "history": history, "torch_rng": rngs[0], **data_info,
-                 "world_size": ctx.world_size, "rank_rng": rngs if ctx.enabled else None,
+        extra = {"lr": lr, "history": history, **rngs, **data_info, "world_size": ctx.world_size,
                  "traj_state_dict": traj_train.state_dict() if traj_train is not None else None,
                  "traj_args": traj_eval.constructor_args() if traj_eval is not None else None,
                  "unlabeled_stream": unlabeled.state_dict() if unlabeled is not None else None}
@@ -338,19 +314,10 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
                      state_dict=model_train.state_dict(), config=config_to_dict(cfg),
                      cache_fingerprints=fingerprints, epoch=epoch + 1,
                      optimizer=optimizer.state_dict(), extra=extra)
-        save_checkpoint(last, **ck_kw)
-        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(out / f"epoch_{epoch + 1}.pt", **ck_kw)
+        save_epoch(out, epoch + 1, ck_kw, every=cfg.checkpoint_every)
 
     summary = {"out_dir": str(out), "checkpoint": str(last), "epochs": cfg.epochs, "history": history,
                "receptive_field": model_eval.receptive_field(),
                "parameters": sum(p.numel() for p in model_eval.parameters()),
                "semi_supervised": unlabeled is not None, **data_info}
-    if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def lr_after(cfg: LiftConfig, epochs_done: int) -> float:
-    """Learning rate in effect after ``epochs_done`` epochs (for reports)."""
-    return cfg.lr * math.pow(cfg.lr_decay, epochs_done)
+    return finish_run(out, summary, ctx)

@@ -3,7 +3,7 @@
 A *source* is one imported dataset: ``<cache_dir>/<name>_features.h5`` (kind features) plus
 ``<name>_gt.h5`` (3D data) or ``<name>_keypoints2d.h5`` (2D-only data), joined by sequence id.
 
-Windows (tcmr.md §3.3): 16 frames = 8 before + target + 7 after (target = index 8). Sequences
+Windows: 16 frames = 8 before + target + 7 after (target = index 8). Sequences
 are split where ``frame_index`` jumps (3DPW drops frames), so no window crosses a sequence or
 a gap. Training windows lie fully inside a segment (segments < 16 frames are skipped; no
 duplicated edge windows as in the reference); ``stride = int(16 * (1 - overlap) + 0.5)``.

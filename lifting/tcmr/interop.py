@@ -1,4 +1,4 @@
-"""Load released TCMR / VIBE ``.pth.tar`` checkpoints into ``poselift.lifting.tcmr`` models.
+"""Load released TCMR / VIBE ``.pth.tar`` checkpoints into ``poselift.lifting.tcmr.model`` models.
 
 The files hold ``{'epoch', 'gen_state_dict', 'performance', 'gen_optimizer',
 'disc_motion_state_dict', 'disc_motion_optimizer'}``; ``performance`` is a numpy float64, so
@@ -20,19 +20,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from poselift.core.checkpoints import CheckpointError
 from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
-from poselift.lifting.smpl_model import build_spin_smpl, load_extra_regressor
-from poselift.lifting.tcmr import TCMR, VIBE
+from poselift.lifting.tcmr.smpl_model import build_spin_smpl, load_extra_regressor
+from poselift.lifting.tcmr.model import TCMR, VIBE
 from poselift.zoo import resolve_weights
 
 __all__ = ["CheckpointError", "TCMRCheckpointConfig", "read_tcmr_checkpoint",
            "infer_tcmr_config", "load_tcmr_state_dict", "load_tcmr", "SMPL_PREFIX"]
 
 SMPL_PREFIX = "regressor.smpl."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unsafe, malformed or does not fit the model; names file and key."""
 
 
 def read_tcmr_checkpoint(path: str | Path, *, trust_pickle: bool = False,

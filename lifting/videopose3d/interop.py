@@ -1,10 +1,10 @@
 """Read and write VideoPose3D ``.bin`` checkpoints (the dict ``run.py`` saves).
 
-Layout (videopose3d.md §4): ``{"epoch", "lr", "random_state": RandomState,
+Layout: ``{"epoch", "lr", "random_state": RandomState,
 "optimizer": state_dict, "model_pos": state_dict, "model_traj": state_dict or None,
 "random_state_semi": RandomState or None}``. ``model_pos`` is usually the
 state_dict of the strided training model; keys and shapes equal the
-:class:`~poselift.lifting.temporal_conv.TemporalModel` ones, so it loads with an
+:class:`~poselift.lifting.videopose3d.model.TemporalModel` ones, so it loads with an
 identity key map. The architecture is inferred from weight shapes; the causal
 flag cannot be (same weights), so it is an argument.
 """
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from poselift.core.checkpoints import CheckpointError
 from poselift.datasets.safe_pickle import safe_torch_load
 from poselift.zoo import resolve_weights
-from poselift.lifting.temporal_conv import TemporalModel, TemporalModelBase, validate_filter_widths
+from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelBase, validate_filter_widths
 
 __all__ = [
     "CheckpointFormatError",
@@ -37,8 +38,8 @@ __all__ = [
 ]
 
 
-class CheckpointFormatError(ValueError):
-    """A checkpoint's keys or weight shapes do not describe a valid model."""
+# The one checkpoint error, under the name this module has always exported.
+CheckpointFormatError = CheckpointError
 
 
 def _shape(sd: Mapping[str, Any], key: str, where: str) -> tuple[int, ...]:

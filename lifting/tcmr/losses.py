@@ -1,6 +1,6 @@
 """TCMR's generator loss (identical maths in VIBE) with explicit weights.
 
-Terms (see shared/formats/tcmr.md §2.1):
+Terms:
 * 2D: confidence x squared error of the 49 projected joints vs targets in [-1, 1], mean over
   every element of all samples (2D-only and 3D data), zero-confidence entries included in the
   denominator.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from poselift.lifting.rotations import axis_angle_to_rotmat
+from poselift.lifting.tcmr.rotations import axis_angle_to_rotmat
 
 __all__ = ["TCMRLossWeights", "TCMRLoss", "keypoint_2d_loss", "keypoint_3d_loss",
            "smpl_losses", "RELEASED_WEIGHTS", "REFERENCE_DEFAULT_WEIGHTS"]

@@ -1,6 +1,6 @@
 """Semi-supervised training of temporal-convolution lifters (VideoPose3D back-projection).
 
-Reference semantics (videopose3d.md §1.3, §3.1; run.py's semi-supervised branch):
+Reference semantics (the semi-supervised branch of VideoPose3D's run.py):
 
 - unlabeled subjects come from a second, *endless* stream of windows (own seed, 4321 in
   the reference) with the same batch size, flip augmentation and window geometry as the
@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from poselift.core.errors import UserError
 from poselift.datasets.cache import Cache
 from poselift.datasets.cameras import flip_camera_params, project_to_2d, project_to_2d_linear
 from poselift.datasets.joints import get_joint_set
@@ -36,14 +37,14 @@ from poselift.datasets.protocols import select
 from poselift.datasets.window_dataset import CacheWindowDataset, Field, FlipRule
 from poselift.datasets.windows import make_windows, segments_from_lengths
 
-from .lift_data import image_sizes, normalize_pixels
+from .data import image_sizes, normalize_pixels
 from .losses import bone_length_loss, projection_loss
 
 __all__ = ["SemiSupervisedError", "UnlabeledStream", "open_unlabeled", "camera_intrinsics",
            "reprojection_loss", "semi_supervised_terms"]
 
 
-class SemiSupervisedError(ValueError):
+class SemiSupervisedError(UserError, ValueError):
     """Semi-supervision cannot run on this data or configuration; names the file/key."""
 
 

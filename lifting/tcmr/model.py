@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from poselift.lifting.smpl_model import SPINSMPL
-from poselift.lifting.spin_regressor import Regressor
+from poselift.lifting.tcmr.smpl_model import SPINSMPL
+from poselift.lifting.tcmr.spin_regressor import Regressor
 
 __all__ = ["TemporalAttention", "TCMREncoder", "VIBEEncoder", "TCMR", "VIBE", "TCMR_MODELS",
            "check_features"]

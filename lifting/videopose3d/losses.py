@@ -1,4 +1,4 @@
-"""Training losses of the VideoPose3D lifters (videopose3d.md §1.3 and §4).
+"""Training losses of the VideoPose3D lifters.
 
 All functions are differentiable torch code returning a 0-d tensor, in the
 units of their inputs (the reference trains in metres). Shapes use ``...`` for

@@ -1,4 +1,4 @@
-"""Safe reading of foreign checkpoints and strict key matching with messages that name keys.
+"""The one checkpoint error, the one safe reader and the key checker for every stage.
 
 Loading goes through ``poselift.datasets.safe_pickle.safe_torch_load`` (``weights_only=True``
 plus the numpy objects reference checkpoints contain); a refused global becomes a
@@ -6,6 +6,7 @@ plus the numpy objects reference checkpoints contain); a refused global becomes 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -15,11 +16,16 @@ import torch
 
 from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
 
-__all__ = ["CheckpointError", "load_checkpoint", "file_sha256", "check_keys"]
+from .errors import UserError
+
+__all__ = ["CheckpointError", "load_checkpoint", "file_sha256", "check_keys", "add_trust_flag"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the model; names file and keys."""
+class CheckpointError(UserError, ValueError, RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; names file and keys.
+
+    Also a ValueError and a RuntimeError: the three classes it replaces had those bases, and
+    callers that catch them keep working."""
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -74,3 +80,13 @@ def check_keys(state: Mapping[str, torch.Tensor], model: torch.nn.Module, where:
         raise CheckpointError(f"{where}: checkpoint does not fit {type(model).__name__}: "
                               + "; ".join(problems))
     return ignored
+
+
+def add_trust_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """The one spelling, ``--trust-checkpoint`` (dest ``trust_checkpoint``), of the opt-in to
+    full unpickling; ``--trust-pickle``, the former spelling of some commands, stays accepted
+    but is no longer listed."""
+    parser.add_argument("--trust-checkpoint", action="store_true", dest="trust_checkpoint",
+                        help=f"allow full unpickling of {what} (runs code from the file: trusted files only)")
+    parser.add_argument("--trust-pickle", action="store_true", dest="trust_checkpoint",
+                        help=argparse.SUPPRESS)

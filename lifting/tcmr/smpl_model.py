@@ -21,13 +21,12 @@ import scipy.sparse as sp
 import smplx
 import torch
 from smplx.utils import Struct
-
-from poselift.lifting.smpl_synthetic import make_synthetic_smpl
+from poselift.core.errors import UserError
 
 __all__ = [
     "SMPL_KEYS", "SPIN_JOINT_MAP", "BodyModelError", "find_body_model_file",
     "load_body_model_arrays", "convert_smpl_pkl_to_npz", "load_extra_regressor",
-    "load_mean_params", "SPINSMPL", "SMPLOutput49", "build_spin_smpl", "make_synthetic_smpl",
+    "load_mean_params", "SPINSMPL", "SMPLOutput49", "build_spin_smpl",
 ]
 
 SMPL_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table",
@@ -42,7 +41,7 @@ SPIN_JOINT_MAP = (24, 12, 17, 19, 21, 16, 18, 20, 0, 2, 5, 8, 1, 4, 7, 25, 26, 2
                   26, 25, 28, 27)
 
 
-class BodyModelError(ValueError):
+class BodyModelError(UserError, ValueError):
     """A body-model file is missing, malformed or unsafe; the message names file and key."""
 
 

@@ -5,10 +5,11 @@ Importing the reference DB files into caches is ``poselift.datasets.importers.tc
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .config import load_config, parse_set_args
+from poselift.core.checkpoints import add_trust_flag
+
+from ..config import config_from_cli
 
 __all__ = ["add_train_arguments", "run_train", "add_eval_arguments", "run_eval", "parse_frames"]
 
@@ -26,18 +27,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(a: argparse.Namespace) -> int:
-    from .train_tcmr import TCMRConfig, train_tcmr
+    from .train import TCMRConfig, train_tcmr
 
-    over = parse_set_args(a.set)
-    for key, val in (("cache_dir", a.cache_dir), ("body_model_dir", a.body_model_dir),
-                     ("out_dir", a.out_dir)):
-        if val:
-            over[key] = val
-    cfg = load_config(TCMRConfig, a.config, over)
-    if a.print_config:
-        import dataclasses
-
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    cfg = config_from_cli(TCMRConfig, a.config, a.set, {"cache_dir": a.cache_dir, "body_model_dir": a.body_model_dir,
+                                                        "out_dir": a.out_dir}, a.print_config)
+    if cfg is None:
         return 0
     summary = train_tcmr(cfg, resume=not a.no_resume)
     print(f"best: {summary['best']} (val PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.1f} mm)")
@@ -62,7 +56,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", required=True, help="folder with <source>_features.h5 and <source>_gt.h5")
     p.add_argument("--source", required=True, help="cache name prefix, e.g. 3dpw_test")
     p.add_argument("--protocol", required=True, choices=("3dpw", "mpii3d", "h36m"),
-                   help="evaluation protocol: joint set, centring and valid-frame mask of that dataset (tcmr.md 4.2)")
+                   help="evaluation protocol: joint set, centring and valid-frame mask of that dataset")
     p.add_argument("--out", required=True, help="output folder for report.json/.md, summary.json, plots")
     p.add_argument("--match-vibe", action="store_true",
                    help="evaluate VIBE's frame set (non-overlapping 16-frame chunks) instead of all valid frames")
@@ -73,8 +67,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-meshes", default="", help="comma-separated sequence ids to export meshes for")
     p.add_argument("--mesh-frames", default="0:1000000:30", help="frames to export, start:stop[:step]")
     p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj", help="file format of exported meshes")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="full unpickling of a released checkpoint (only for files you trust)")
+    add_trust_flag(p, "a released checkpoint")
 
 
 def run_eval(a: argparse.Namespace) -> int:
@@ -83,14 +76,15 @@ def run_eval(a: argparse.Namespace) -> int:
     from poselift.datasets.joints import LSP14
     from poselift.evaluation.meshes import export_meshes, render_snapshot
 
-    from .tcmr_data import open_source
-    from .tcmr_eval import (PROTOCOLS, evaluate_source, h36m_regressor, load_tcmr_any,
-                            write_tcmr_report)
-    from .train_lifter import resolve_device
+    from poselift.core.device import resolve_device
+
+    from .data import open_source
+    from .eval import (PROTOCOLS, evaluate_source, h36m_regressor, load_tcmr_any,
+                       write_tcmr_report)
 
     dev = resolve_device(a.device)
     model, kind = load_tcmr_any(a.checkpoint, a.body_model_dir, device=dev,
-                                trust_pickle=a.trust_pickle)
+                                trust_pickle=a.trust_checkpoint)
     src = open_source(a.cache_dir, a.source, feat_dim=model.feat_dim)
     reg = (h36m_regressor(a.body_model_dir, model.regressor.smpl.v_template.shape[0])
            if PROTOCOLS[a.protocol].h36m_regressor else None)
