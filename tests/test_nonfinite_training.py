@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from poselift.datasets.importers.videopose3d import import_videopose3d
-from poselift.lifting import train_lifter as tl
+from poselift.lifting.videopose3d import train as tl
 from poselift.lifting.cli import main as train_main
 from poselift.lifting.config import LiftConfig, load_config
 
@@ -109,7 +109,7 @@ def test_bad_set_values_name_key_and_type(tmp_path, capsys, item, want) -> None:
 
 
 def test_evaluation_refuses_nan_inputs(caches, tmp_path) -> None:
-    from poselift.lifting.lift_eval import evaluate_checkpoint
+    from poselift.lifting.videopose3d.eval import evaluate_checkpoint
 
     out = tmp_path / "run"
     assert train_main(_args(caches["gt"], caches["kp"], out)) == 0

@@ -140,11 +140,11 @@ def test_real_joblib_databases_still_load_memory_mapped(tmp_path: Path) -> None:
 
 
 def _readers() -> dict[str, Callable[[Path], Any]]:
-    from poselift.extract.backbones.checkpoint import load_checkpoint as backbone_ckpt
+    from poselift.core.checkpoints import load_checkpoint as backbone_ckpt
     from poselift.extract.estimators.fastpose import read_state_dict
     from poselift.extract.estimators.hrnet import read_checkpoint
-    from poselift.lifting.tcmr_ckpt import read_tcmr_checkpoint
-    from poselift.lifting.videopose3d_ckpt import load_videopose3d
+    from poselift.lifting.tcmr.interop import read_tcmr_checkpoint
+    from poselift.lifting.videopose3d.interop import load_videopose3d
 
     return {"videopose3d": load_videopose3d, "tcmr": read_tcmr_checkpoint,
             "alphapose": read_state_dict, "hrnet": read_checkpoint, "backbone": backbone_ckpt}

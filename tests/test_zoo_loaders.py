@@ -13,8 +13,8 @@ import torch
 from poselift.datasets.cache import Cache
 from poselift.extract.backbones import ResNet, load_torchvision_resnet
 from poselift.extract.estimators.fastpose import FastPose, load_alphapose
-from poselift.lifting.temporal_conv import TemporalModel
-from poselift.lifting.videopose3d_ckpt import load_videopose3d
+from poselift.lifting.videopose3d.model import TemporalModel
+from poselift.lifting.videopose3d.interop import load_videopose3d
 from poselift.zoo import table as tbl
 
 sys.path.insert(0, str(Path(__file__).parent))
