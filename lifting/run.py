@@ -6,6 +6,7 @@ files are written by rank 0 only, and the collective calls are made on every ran
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .config import dump_config
 from .distributed import DistContext, barrier, gather_rng_states, restore_rng_state
 
 __all__ = ["seed_everything", "start_run", "resume_checkpoint", "rng_extra", "save_epoch",
-           "finish_run"]
+           "finish_run", "init_provenance", "check_resume_init"]
 
 
 def seed_everything(seed: int) -> None:
@@ -49,6 +50,28 @@ def resume_checkpoint(last: Path, fingerprints: dict[str, str], ctx: DistContext
     if ctx.device.type == "cuda" and ex.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(ex["cuda_rng"])
     return ck
+
+
+def init_provenance(path: str | Path, kind: str, **details: Any) -> dict[str, Any]:
+    """What a run fine-tuned from: the resolved file, its sha256 and size, the checkpoint
+    ``kind`` (``videopose3d``, ``tcmr``, ``poselift``) and loader ``details``. Stored in every
+    checkpoint's ``extra['init']`` and in ``summary.json``, so a result names its start."""
+    p = Path(path)
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(p.resolve()), "sha256": h.hexdigest(), "bytes": p.stat().st_size,
+            "kind": kind, **details}
+
+
+def check_resume_init(ck: dict[str, Any], init: str, last: Path) -> None:
+    """Refuse to resume ``last`` under another ``--init`` than the one it started from (the
+    config's ``init`` field; weights then come from ``last``, never from the init file)."""
+    before = (ck.get("config") or {}).get("init", "") or ""
+    if before != (init or ""):
+        raise RuntimeError(f"{last}: started from init {before or 'none'!r}, this run asks for "
+                           f"{init or 'none'!r}; use another --out-dir or --no-resume")
 
 
 def rng_extra(ctx: DistContext) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from poselift.core.checkpoints import add_trust_flag
 from poselift.datasets.cache import CacheError
 
 from ..config import LiftConfig, config_from_cli
@@ -45,7 +46,9 @@ def run_train(a: argparse.Namespace) -> int:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="poselift lifter checkpoint (last.pt / epoch_N.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="poselift lifter checkpoint (last.pt / epoch_N.pt), a released VideoPose3D .bin, "
+                        "or a zoo name (see `poselift weights list`)")
     p.add_argument("--gt", required=True, help="ground-truth cache with the test sequences")
     p.add_argument("--keypoints", required=True, help="2D keypoint cache with the same sequence ids")
     p.add_argument("--subjects", default="",
@@ -61,6 +64,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--check-fingerprints", action="store_true",
                    help="refuse caches whose content differs from the ones the checkpoint was trained on")
+    g = p.add_argument_group("what a VideoPose3D .bin does not record (a poselift checkpoint records "
+                             "them; repeating them is allowed, changing them is refused)")
+    g.add_argument("--dataset", default=None, help="expected dataset of the caches (e.g. h36m, humaneva15)")
+    g.add_argument("--joints-in", default=None, help="expected 2D joint set (e.g. h36m17, coco17)")
+    g.add_argument("--joints-out", default=None, help="expected 3D joint set")
+    g.add_argument("--causal", action="store_true", default=None,
+                   help="causal model (same weights as symmetric ones; default: symmetric)")
+    g.add_argument("--dense", action="store_true", default=None, help="dense (non-dilated) model")
+    g.add_argument("--filter-widths", default=None,
+                   help="comma-separated widths, only for layouts the weights leave ambiguous")
+    add_trust_flag(g, "a released .bin")
 
 
 def run_eval(a: argparse.Namespace) -> int:
@@ -71,7 +85,10 @@ def run_eval(a: argparse.Namespace) -> int:
             a.checkpoint, a.gt, a.keypoints, [s for s in a.subjects.split(",") if s], a.out,
             actions=None if a.actions is None else [s for s in a.actions.split(",") if s],
             flip=False if a.no_flip else None, by_subject=a.by_subject, device=a.device,
-            check_fingerprints=a.check_fingerprints)
+            check_fingerprints=a.check_fingerprints, dataset=a.dataset, joints_in=a.joints_in,
+            joints_out=a.joints_out, causal=a.causal, dense=a.dense,
+            filter_widths=None if a.filter_widths is None else [int(w) for w in a.filter_widths.split(",")],
+            trust_pickle=a.trust_checkpoint)
     except CacheError as e:
         raise ValueError(str(e)) from e
     print(open(paths["protocol"]).read())

@@ -18,13 +18,16 @@ from poselift.core.device import resolve_device
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation import Report, SequenceRecord, evaluate_sequences, videopose3d_protocol
 
+from poselift.zoo import resolve_weights
+
 from ..checkpoint import CheckpointError, load_checkpoint
 from .data import LiftData, root_relative
 from .model import TemporalModel
+from .interop import load_videopose3d
 from .train import evaluate_lifter
 
-__all__ = ["lifter_records", "write_lifter_report", "load_lifter", "evaluate_checkpoint",
-           "save_predictions_npz"]
+__all__ = ["lifter_records", "write_lifter_report", "load_lifter", "load_any_lifter",
+           "evaluate_checkpoint", "save_predictions_npz"]
 
 
 def lifter_records(preds: dict[str, np.ndarray], data: LiftData) -> list[SequenceRecord]:
@@ -88,10 +91,50 @@ def load_lifter(path: str | Path, device: str | torch.device = "cpu") -> tuple[T
     return model.to(device).eval(), ckpt
 
 
+def load_any_lifter(path: str | Path, device: str | torch.device = "cpu", *, causal: bool | None = None,
+                    dense: bool | None = None, filter_widths: list[int] | None = None,
+                    trust_pickle: bool = False) -> tuple[TemporalModel, dict[str, Any]]:
+    """A poselift lifter checkpoint, or a released VideoPose3D ``.bin`` (path or zoo name).
+
+    For a ``.bin`` the architecture (widths, channels, joint counts) comes from the weights
+    (``load_videopose3d``); what the weights cannot say comes from the arguments: ``causal``
+    and ``dense`` (default False) and ``filter_widths`` (for ambiguous layouts). The returned
+    dict then has poselift's shape with an empty config: ``kind`` 'videopose3d', ``model_args``,
+    ``extra`` {} and ``trajectory`` (whether the file has ``model_traj``). For a poselift
+    checkpoint these arguments may only repeat what the file records.
+    """
+    src = resolve_weights(path)
+    try:
+        ckpt = load_checkpoint(src, map_location="cpu")
+    except CheckpointError as own_error:
+        if not Path(src).is_file():
+            raise
+        try:
+            model, traj = load_videopose3d(src, causal=bool(causal), dense=bool(dense),
+                                           filter_widths=filter_widths, trust_pickle=trust_pickle)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (read as a VideoPose3D .bin; as a poselift checkpoint: "
+                                  f"{own_error})") from None
+        return model.to(device).eval(), {"kind": "videopose3d", "model_args": model.constructor_args(),
+                                         "config": {}, "extra": {}, "trajectory": traj is not None,
+                                         "path": str(src)}
+    args = ckpt.get("model_args") or {}
+    for name, given in (("causal", causal), ("dense", dense), ("filter_widths", filter_widths)):
+        have = args.get(name, False if name != "filter_widths" else None)
+        if given is not None and (list(given) if name == "filter_widths" else given) != have:
+            raise CheckpointError(f"{src}: the checkpoint records {name}={have}; --{name.replace('_', '-')} "
+                                  f"cannot change it (only for VideoPose3D .bin files)")
+    model, ckpt = load_lifter(src, device)
+    return model, {**ckpt, "kind": "poselift", "path": str(src)}
+
+
 def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: str, subjects: list[str] | None,
                         out_dir: str | Path, *, actions: list[str] | None = None, flip: bool | None = None,
                         by_subject: bool | None = None, device: str = "auto", check_fingerprints: bool = False,
-                        progress: bool = True) -> tuple[Report, dict[str, str]]:
+                        progress: bool = True, dataset: str | None = None, joints_in: str | None = None,
+                        joints_out: str | None = None, causal: bool | None = None, dense: bool | None = None,
+                        filter_widths: list[int] | None = None, trust_pickle: bool = False
+                        ) -> tuple[Report, dict[str, str]]:
     """Run a checkpoint over the test sequences of two caches and write the report.
 
     ``subjects`` / ``actions`` / ``flip`` / ``by_subject`` left at None (subjects: or
@@ -99,25 +142,52 @@ def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: 
     ``flip_test``, ``by_subject``), so a HumanEva recipe is evaluated
     on Walk/Jog/Box and reported per subject without repeating it. Caches of another
     dataset or joint layout than the checkpoint was trained on are refused.
+
+    A released VideoPose3D ``.bin`` records none of this: ``subjects`` are then required,
+    actions default to all, flip to on, by_subject to off, and ``dataset`` / ``joints_in`` /
+    ``joints_out`` (None: accept the caches') are checked against the caches as a config's
+    are; ``causal`` / ``dense`` / ``filter_widths`` go to :func:`load_any_lifter`. The
+    model's joint counts must equal the caches' joint sets.
     """
     dev = resolve_device(device)
-    model, ckpt = load_lifter(checkpoint, dev)
+    model, ckpt = load_any_lifter(checkpoint, dev, causal=causal, dense=dense,
+                                  filter_widths=filter_widths, trust_pickle=trust_pickle)
     cfg = ckpt.get("config") or {}
     extra = ckpt.get("extra") or {}
+    for name, given in (("dataset", dataset), ("joints_in", joints_in), ("joints_out", joints_out)):
+        if given and extra.get(name) and given != extra[name]:
+            raise CheckpointError(f"{checkpoint}: trained on {name} {extra[name]!r}, asked for {given!r}")
     subjects = list(subjects or cfg.get("test_subjects") or [])
+    if not subjects:
+        raise CheckpointError(f"{checkpoint}: records no test subjects (a VideoPose3D .bin); "
+                              f"pass --subjects")
     actions = list(cfg.get("actions") or []) if actions is None else actions
     flip = bool(cfg.get("flip_test", True)) if flip is None else flip
     by_subject = bool(cfg.get("by_subject", False)) if by_subject is None else by_subject
     data = LiftData.open(gt_cache, keypoints_cache, subjects, actions or None,
-                         dataset=extra.get("dataset"), joints_in=extra.get("joints_in"),
-                         joints_out=extra.get("joints_out"))
+                         dataset=dataset or extra.get("dataset"),
+                         joints_in=joints_in or extra.get("joints_in"),
+                         joints_out=joints_out or extra.get("joints_out"))
+    for side, n_model in (("in", model.num_joints_in), ("out", model.num_joints_out)):
+        name = data.joints_in if side == "in" else data.joints_out
+        cache = data.kp.path if side == "in" else data.gt.path
+        if name and get_joint_set(name).num_joints != n_model:
+            raise CheckpointError(f"{checkpoint}: the model {'takes' if side == 'in' else 'predicts'} "
+                                  f"{n_model} joints, {cache} holds joint set {name!r} with "
+                                  f"{get_joint_set(name).num_joints}")
     if check_fingerprints:
-        want = ckpt["cache_fingerprints"]
+        want = ckpt.get("cache_fingerprints")
+        if want is None:
+            raise CheckpointError(f"{checkpoint}: a VideoPose3D .bin records no cache fingerprints "
+                                  f"to check")
         have = {"gt_cache": data.gt.content_fingerprint, "keypoints_cache": data.kp.content_fingerprint}
         if want != have:
             raise CheckpointError(f"{checkpoint}: trained on caches {want}, evaluated on {have}")
     causal = bool(ckpt["model_args"].get("causal", False))
     preds = evaluate_lifter(model, data, dev, flip=flip, causal=causal, progress=progress)
     return write_lifter_report(preds, data, out_dir, by_subject=by_subject,
-                               extra={"checkpoint": str(checkpoint), "flip_test": flip,
-                                      "actions": actions, "by_subject": by_subject})
+                               extra={"checkpoint": str(checkpoint), "checkpoint_kind": ckpt["kind"],
+                                      "causal": causal, "receptive_field": model.receptive_field(),
+                                      "trajectory_model": bool(ckpt.get("trajectory")
+                                                               or extra.get("traj_state_dict")),
+                                      "flip_test": flip, "actions": actions, "by_subject": by_subject})

@@ -35,6 +35,8 @@ __all__ = [
     "infer_videopose3d_arch",
     "load_videopose3d",
     "load_videopose3d_state_dict",
+    "load_weights_into",
+    "read_videopose3d",
 ]
 
 
@@ -175,6 +177,41 @@ def load_videopose3d_state_dict(state_dict: Mapping[str, Any], causal: bool = Fa
     return model.eval()
 
 
+def read_videopose3d(path: str | os.PathLike[str], map_location: Any = "cpu",
+                     trust_pickle: bool = False) -> tuple[str, Mapping[str, Any]]:
+    """Safely read a ``.bin`` (path or zoo name); returns (resolved path, the checkpoint dict,
+    checked to hold ``model_pos``)."""
+    src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
+    ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointFormatError(f"{src}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if ckpt.get("model_pos") is None:
+        raise CheckpointFormatError(f"{src}: missing key 'model_pos' (keys: {sorted(ckpt)})")
+    return src, ckpt
+
+
+def load_weights_into(model: TemporalModelBase, state_dict: Mapping[str, Any], where: str) -> None:
+    """Strictly load released weights into an already built (configured) model.
+
+    Any missing / unexpected / misshaped key raises one ``CheckpointError`` naming ``where``
+    and the key, with the architecture the file holds when it can be read from the shapes
+    (so the config can be fixed)."""
+    try:
+        _strict_load(model, state_dict, where)
+    except CheckpointFormatError as e:
+        try:
+            arch = infer_videopose3d_arch(state_dict, where=where)
+            held = (f"; the file holds filter_widths {arch['filter_widths']}, channels "
+                    f"{arch['channels']}, {arch['num_joints_in']} -> {arch['num_joints_out']} joints")
+        except CheckpointFormatError:
+            held = ""
+        ours = model.constructor_args()
+        raise CheckpointFormatError(
+            f"{e}{held}; the configured model has filter_widths {list(ours['filter_widths'])}, "
+            f"channels {ours['channels']}, {ours['num_joints_in']} -> {ours['num_joints_out']} "
+            f"joints") from None
+
+
 def load_videopose3d(path: str | os.PathLike[str], causal: bool = False, dense: bool = False,
                      map_location: Any = "cpu", trust_pickle: bool = False,
                      in_features: int = 2,
@@ -187,12 +224,7 @@ def load_videopose3d(path: str | os.PathLike[str], causal: bool = False, dense: 
     scalars and RandomState (numpy 1.x and 2 spellings); ``trust_pickle=True``
     allows full unpickling. Errors name the file and the offending key/layer.
     """
-    src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
-    ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointFormatError(f"{src}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    if ckpt.get("model_pos") is None:
-        raise CheckpointFormatError(f"{src}: missing key 'model_pos' (keys: {sorted(ckpt)})")
+    src, ckpt = read_videopose3d(path, map_location=map_location, trust_pickle=trust_pickle)
     kwargs = {"causal": causal, "dense": dense, "in_features": in_features,
               "filter_widths": filter_widths}
     model_pos = load_videopose3d_state_dict(ckpt["model_pos"], where=f"{src} [model_pos]", **kwargs)
