@@ -43,6 +43,7 @@ class LiftConfig:
     causal: bool = False
     dense: bool = False
     trajectory: bool = False                                # also train the root-trajectory model
+    init: str = ""                                          # start weights: VideoPose3D .bin, poselift checkpoint or zoo name
     # optimisation (Adam with amsgrad, per-epoch lr decay, BN momentum 0.1 -> 0.001)
     epochs: int = 60
     batch_size: int = 1024                                  # output frames per batch

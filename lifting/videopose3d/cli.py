@@ -19,6 +19,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", help="output folder for config.yaml, checkpoints and summary.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any LiftConfig field, repeatable (e.g. --set epochs=80 --set architecture=3,3,3,3)")
+    p.add_argument("--init", help="start weights: a released VideoPose3D .bin, a poselift lifter checkpoint "
+                                  "or a zoo name; loaded strictly into the configured architecture, fresh "
+                                  "optimizer (overrides init)")
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch even if OUT_DIR/last.pt exists (default: resume from it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -31,7 +34,7 @@ def run_train(a: argparse.Namespace) -> int:
     from .train import train_lifter
 
     cfg = config_from_cli(LiftConfig, a.config, a.set, {"gt_cache": a.gt, "keypoints_cache": a.keypoints,
-                                                        "out_dir": a.out_dir}, a.print_config)
+                                                        "out_dir": a.out_dir, "init": a.init}, a.print_config)
     if cfg is None:
         return 0
     if not cfg.gt_cache or not cfg.keypoints_cache:

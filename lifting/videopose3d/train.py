@@ -39,7 +39,8 @@ from poselift.evaluation.metrics import mpjpe
 from ..config import LiftConfig, config_to_dict
 from ..distributed import (DistContext, SyncTemporalModelOptimized1f, all_reduce_sums, broadcast_object,
                            convert_sync_batchnorm, init_distributed, rank_part, shutdown, wrap_ddp)
-from ..run import finish_run, resume_checkpoint, rng_extra, save_epoch, seed_everything, start_run
+from ..run import (check_resume_init, finish_run, init_provenance, resume_checkpoint, rng_extra,
+                   save_epoch, seed_everything, start_run)
 from .infer import predict_sequence
 from .data import LiftData, root_relative
 from .losses import mpjpe_loss, weighted_mpjpe_loss
@@ -152,6 +153,36 @@ def _train_step(batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | N
     return loss, parts
 
 
+def _load_init(path: str, model: torch.nn.Module, traj: torch.nn.Module | None) -> dict[str, Any]:
+    """Start weights from a VideoPose3D ``.bin`` (``model_pos`` / ``model_traj``) or a poselift
+    lifter checkpoint, loaded strictly into the CONFIGURED models: the config's architecture is
+    kept (and recorded), a file that does not fit it is refused naming the file and the key.
+    Optimizer, lr and epoch are not taken from the file. Returns the provenance record."""
+    from poselift.zoo import resolve_weights
+
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from .interop import load_weights_into, read_videopose3d
+
+    src = str(resolve_weights(path))
+    try:
+        ck = load_checkpoint(src)
+    except CheckpointError:
+        ck = None
+    if ck is not None:
+        if ck["model_name"] != "videopose3d":
+            raise CheckpointError(f"{src}: holds a {ck['model_name']!r} model, not a temporal-convolution lifter")
+        kind, pos, pos_traj, epoch = "poselift", ck["state_dict"], ck["extra"].get("traj_state_dict"), ck["epoch"]
+    else:
+        src, raw = read_videopose3d(src)
+        kind, pos, pos_traj, epoch = "videopose3d", raw["model_pos"], raw.get("model_traj"), raw.get("epoch")
+    load_weights_into(model, pos, f"{src} [model_pos]")
+    if traj is not None and pos_traj is not None:
+        load_weights_into(traj, pos_traj, f"{src} [model_traj]")
+    elif traj is not None:
+        print(f"init: {src} has no trajectory model; the trajectory model starts from random weights")
+    return init_provenance(src, kind, epoch=epoch, trajectory=traj is not None and pos_traj is not None)
+
+
 def _sync_bn_trainer(model: torch.nn.Module) -> torch.nn.Module:
     """The training model with BatchNorm synchronised over the ranks (same state_dict)."""
     if type(model) is TemporalModelOptimized1f:
@@ -191,6 +222,9 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     traj_train = traj_eval = None
     if cfg.trajectory:
         traj_train, traj_eval = build_lifters(cfg, j_in, j_out, num_out=1)
+    last = out / "last.pt"
+    resuming = resume and last.exists()
+    init_info = _load_init(cfg.init, model_train, traj_train) if cfg.init and not resuming else None
     pad = (model_eval.receptive_field() - 1) // 2
     shift = pad if cfg.causal else 0
     frames_per_batch = max(1, cfg.batch_size // cfg.chunk)
@@ -220,10 +254,11 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     fingerprints = {"gt_cache": train.gt.content_fingerprint, "keypoints_cache": train.kp.content_fingerprint}
     data_info = {"dataset": train.gt.header.dataset, "joints_in": train.joints_in,
                  "joints_out": train.joints_out}
-    last = out / "last.pt"
     start_epoch, lr, history = 0, cfg.lr, []
-    if resume and last.exists():
+    if resuming:
         ck = resume_checkpoint(last, fingerprints, ctx, map_location=device)
+        check_resume_init(ck, cfg.init, last)
+        init_info = ck["extra"].get("init")
         model_train.load_state_dict(ck["state_dict"])
         if traj_train is not None:
             traj_train.load_state_dict(ck["extra"]["traj_state_dict"])
@@ -309,7 +344,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
         extra = {"lr": lr, "history": history, **rngs, **data_info, "world_size": ctx.world_size,
                  "traj_state_dict": traj_train.state_dict() if traj_train is not None else None,
                  "traj_args": traj_eval.constructor_args() if traj_eval is not None else None,
-                 "unlabeled_stream": unlabeled.state_dict() if unlabeled is not None else None}
+                 "unlabeled_stream": unlabeled.state_dict() if unlabeled is not None else None,
+                 "init": init_info}
         ck_kw = dict(model_name="videopose3d", model_args={**model_eval.constructor_args(), "dense": cfg.dense},
                      state_dict=model_train.state_dict(), config=config_to_dict(cfg),
                      cache_fingerprints=fingerprints, epoch=epoch + 1,
@@ -319,5 +355,5 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     summary = {"out_dir": str(out), "checkpoint": str(last), "epochs": cfg.epochs, "history": history,
                "receptive_field": model_eval.receptive_field(),
                "parameters": sum(p.numel() for p in model_eval.parameters()),
-               "semi_supervised": unlabeled is not None, **data_info}
+               "semi_supervised": unlabeled is not None, "init": init_info, **data_info}
     return finish_run(out, summary, ctx)
