@@ -22,6 +22,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", help="output folder (config.yaml, last.pt, best.pt, summary.json)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any TCMRConfig field, repeatable (e.g. --set epochs=45)")
+    p.add_argument("--init", help="start weights: a released TCMR .pth.tar, a poselift TCMR checkpoint or a "
+                                  "zoo name; loaded strictly into the configured architecture, fresh "
+                                  "optimizer (overrides init)")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT_DIR/last.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -30,7 +33,7 @@ def run_train(a: argparse.Namespace) -> int:
     from .train import TCMRConfig, train_tcmr
 
     cfg = config_from_cli(TCMRConfig, a.config, a.set, {"cache_dir": a.cache_dir, "body_model_dir": a.body_model_dir,
-                                                        "out_dir": a.out_dir}, a.print_config)
+                                                        "out_dir": a.out_dir, "init": a.init}, a.print_config)
     if cfg is None:
         return 0
     summary = train_tcmr(cfg, resume=not a.no_resume)

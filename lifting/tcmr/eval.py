@@ -11,6 +11,9 @@ Every metric is computed per sequence (acceleration error per video, first and l
 excluded, triplets with an invalid frame dropped), then pooled over frames.
 ``match_vibe=True`` evaluates VIBE's frame set instead: the non-overlapping 16-frame chunks of
 each video (remainders and videos < 16 frames dropped), ``valid`` not applied.
+VIBE (released ``.pth.tar``) is evaluated on the same windows: its per-frame output at the
+window's middle frame, the target frame of every evaluation window (not VIBE's own evaluation,
+which runs 16-frame chunks and keeps every frame of a chunk).
 PVE is streamed: per-frame vertex errors are computed batch by batch, meshes are not kept
 (except for sequences chosen for export).
 """
@@ -30,10 +33,10 @@ from poselift.evaluation import Report, SequenceRecord, evaluate_sequences, tcmr
 from ..checkpoint import CheckpointError, load_checkpoint
 from .rotations import axis_angle_to_rotmat
 from .smpl_model import build_spin_smpl, load_extra_regressor
-from .model import TCMR
+from .model import TCMR, VIBE
 from .interop import load_tcmr, load_tcmr_state_dict
 from poselift.zoo import resolve_weights
-from .data import TCMRSource, TCMRWindowData, eval_windows, spin49_index
+from .data import LEFT, TCMRSource, TCMRWindowData, eval_windows, spin49_index
 
 __all__ = ["TCMRProtocol", "PROTOCOLS", "MPII3D_TEST_FROM_SPIN49", "MPII3D_TEST_NAMES",
            "load_tcmr_any", "predict_source", "protocol_records", "evaluate_source",
@@ -113,7 +116,11 @@ def predict_source(model: torch.nn.Module, src: TCMRSource, protocol: TCMRProtoc
     for b0 in range(0, len(rows), batch_size):
         idx = rows[b0:b0 + batch_size]
         batch = data.get_batch(idx)
-        out = model(batch["features"].to(device), is_train=False, J_regressor=reg)
+        if isinstance(model, VIBE):  # per-frame outputs: keep the window's target (middle) frame
+            out = model(batch["features"].to(device), J_regressor=reg)
+            out = {k: v[:, LEFT] for k, v in out.items()}
+        else:
+            out = model(batch["features"].to(device), is_train=False, J_regressor=reg)
         joints = out["kp_3d"].float()
         if not protocol.h36m_regressor:
             joints = joints[:, list(protocol.spin49_select)]

@@ -35,7 +35,8 @@ from poselift.datasets.cache import CacheError
 from ..config import config_to_dict
 from ..distributed import (DistContext, all_reduce_sums, broadcast_object, init_distributed, rank_part,
                            shutdown, wrap_ddp)
-from ..run import finish_run, resume_checkpoint, rng_extra, save_epoch, seed_everything, start_run
+from ..run import (check_resume_init, finish_run, init_provenance, resume_checkpoint, rng_extra,
+                   save_epoch, seed_everything, start_run)
 from .smpl_model import build_spin_smpl, load_mean_params
 from .model import TCMR
 from .interop import SMPL_PREFIX, load_tcmr_state_dict
@@ -43,7 +44,8 @@ from .data import (MixedBatchSampler, TCMRWindowData, open_source, source_paths,
                         tcmr_stride, train_windows)
 from .eval import PROTOCOLS, evaluate_source, h36m_regressor
 from .losses import TCMRLoss, TCMRLossWeights
-__all__ = ["TCMRConfig", "train_tcmr", "build_tcmr", "check_validation_split", "StepBatches"]
+__all__ = ["TCMRConfig", "train_tcmr", "build_tcmr", "check_validation_split", "StepBatches",
+           "load_init"]
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TCMRConfig:
     test: list[str] = field(default_factory=lambda: ["3dpw_test"])
     body_model_dir: str = "data/base_data"
     pretrained_regressor: str = ""                       # SPIN checkpoint (['model'] fc1..deccam) or zoo name
+    init: str = ""                                       # start weights: TCMR .pth.tar, poselift checkpoint or zoo name
     # model (release: 2 layers, hidden 1024)
     n_layers: int = 2
     hidden_size: int = 1024
@@ -152,6 +155,47 @@ def _load_spin_regressor(model: TCMR, path: str) -> None:
     model.regressor.load_state_dict(own)
 
 
+def load_init(model: TCMR, path: str) -> dict[str, Any]:
+    """Start weights from a released TCMR ``.pth.tar`` (``gen_state_dict``) or a poselift TCMR
+    checkpoint, loaded strictly into the CONFIGURED model (the config's n_layers, hidden_size,
+    feat_dim, regressor_hidden are kept; SMPL stays the body-model folder's). A file that does
+    not fit is refused naming the file and the key; VIBE files are refused (this loop trains
+    TCMR). Optimizer and epoch are not taken from the file. Returns the provenance record."""
+    from poselift.zoo import resolve_weights
+
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from .interop import infer_tcmr_config, read_tcmr_checkpoint
+
+    src = resolve_weights(path)
+    try:
+        ck = load_checkpoint(src)
+    except CheckpointError:
+        ck = None
+    if ck is not None:
+        if ck["model_name"] != "tcmr":
+            raise CheckpointError(f"{src}: holds a {ck['model_name']!r} model, not TCMR")
+        kind, sd, epoch = "poselift", ck["state_dict"], ck["epoch"]
+    else:
+        raw = read_tcmr_checkpoint(src)
+        kind, sd, epoch = "tcmr", raw["gen_state_dict"], raw.get("epoch")
+        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+        if infer_tcmr_config(sd, src).model == "vibe":
+            raise CheckpointError(f"{src}: holds a VIBE model (encoder.gru.*); poselift-train tcmr "
+                                  f"fine-tunes TCMR only")
+    try:
+        load_tcmr_state_dict(model, sd, src)
+    except CheckpointError as e:
+        try:
+            held = f"; the file holds {infer_tcmr_config(sd, src).kwargs}"
+        except CheckpointError:
+            held = ""
+        enc = model.encoder.gru_cur
+        raise CheckpointError(f"{e}{held}; the config has n_layers={enc.num_layers}, hidden_size="
+                              f"{enc.hidden_size}, feat_dim={model.feat_dim}, regressor_hidden="
+                              f"{model.regressor.fc1.out_features}") from None
+    return init_provenance(src, kind, epoch=None if epoch is None else int(epoch))
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Item ``s`` = the whole training batch of step ``s`` (so DataLoader workers prefetch)."""
 
@@ -225,7 +269,11 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
               f"processes; rank losses are averaged with equal weight (not exactly the "
               f"single-process batch mean)")
 
-    model = build_tcmr(cfg).to(device)
+    last, best_path = out / "last.pt", out / "best.pt"
+    resuming = resume and last.exists()
+    model = build_tcmr(cfg)
+    init_info = load_init(model, cfg.init) if cfg.init and not resuming else None
+    model = model.to(device)
     if ctx.enabled:  # same init everywhere (DDP broadcasts rank 0's), own dropout stream per rank
         torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     # No BatchNorm in TCMR, and SMPL buffers are constants: nothing to broadcast per step.
@@ -242,10 +290,11 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
                     for s in src_2d + src_3d + [val_src] for c in ("features", "labels")}
     model_args = dict(n_layers=cfg.n_layers, hidden_size=cfg.hidden_size, seq_len=16,
                       feat_dim=cfg.feat_dim, regressor_hidden=cfg.regressor_hidden)
-    last, best_path = out / "last.pt", out / "best.pt"
     start_epoch, history, best = 0, [], float("inf")
-    if resume and last.exists():
+    if resuming:
         ck = resume_checkpoint(last, fingerprints, ctx)
+        check_resume_init(ck, cfg.init, last)
+        init_info = ck["extra"].get("init")
         load_tcmr_state_dict(model, ck["state_dict"], last)
         optimizer.load_state_dict(ck["optimizer"])
         ex = ck["extra"]
@@ -317,7 +366,7 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
             continue
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
         extra = {"scheduler": scheduler.state_dict(), "history": history, "best": best, **rngs,
-                 "val_protocol": cfg.val_protocol}
+                 "val_protocol": cfg.val_protocol, "init": init_info}
         sd = {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
         ck_kw = dict(model_name="tcmr", model_args=model_args, state_dict=sd,
                      config=config_to_dict(cfg), cache_fingerprints=fingerprints,
@@ -326,5 +375,5 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
     summary = {"out_dir": str(out), "checkpoint": str(last), "best": str(best_path),
                "best_val_pa_mpjpe_mm": best, "epochs": cfg.epochs, "history": history,
                "train_windows": {s.name: len(d) for s, d in zip(src_2d + src_3d, data_2d + data_3d)},
-               "stride": stride}
+               "stride": stride, "init": init_info}
     return finish_run(out, summary, ctx)
