@@ -99,7 +99,8 @@ def test_train_tcmr_init_from_pth_tar(setup, tmp_path, monkeypatch, capsys) -> N
         torch.testing.assert_close(seen[0][k], v, rtol=0, atol=0, msg=k)
     summary = json.loads((out / "summary.json").read_text())
     losses = [h["loss"] for h in summary["history"]]
-    assert losses[-1] < 0.85 * losses[0], losses  # the scratch run's margin (test_train_tcmr)
+    # Measured (AMD EPYC, 1 thread): 102 -> 84 -> 77; 0.85 as test_train_tcmr's scratch run.
+    assert losses[-1] < 0.85 * losses[0], losses
     last = load_checkpoint(out / "last.pt")
     sha = hashlib.sha256(ck.read_bytes()).hexdigest()
     for rec in (summary["init"], last["extra"]["init"]):
@@ -109,9 +110,9 @@ def test_train_tcmr_init_from_pth_tar(setup, tmp_path, monkeypatch, capsys) -> N
     # A poselift TCMR checkpoint is an init too (weights only; a new run, epoch 1 on).
     again = tmp_path / "ft2"
     assert train_cli.main(_train_args(caches, body, again, "--init", str(out / "last.pt"),
-                                      "--set", "epochs=1")) == 0
+                                      "--set", "epochs=1", "--set", "iters_per_epoch=2")) == 0
     first = json.loads((again / "summary.json").read_text())["history"][0]["loss"]
-    assert first < losses[0], (first, losses)
+    assert first < losses[0], (first, losses)  # measured 79 vs 102
 
 
 def test_train_tcmr_init_refusals_are_one_line(setup, tmp_path, capsys) -> None:
