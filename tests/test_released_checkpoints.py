@@ -137,6 +137,14 @@ def test_train_lift_init_from_bin(h36m, tmp_path, monkeypatch, capsys) -> None:
             sha, "videopose3d", str(ck.resolve()), 5, True)
     assert last["config"]["init"] == str(ck)
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * 0.95 ** 2)  # fresh, not the file's
+    # The poselift checkpoint evaluates through the same command; its recorded flags are fixed.
+    base = ["--checkpoint", out / "last.pt", "--gt", h36m["gt"], "--keypoints", h36m["kp"]]
+    assert _eval_cli(*base, "--out", tmp_path / "ev", "--dataset", "h36m") == 0
+    extra = json.loads((tmp_path / "ev" / "report.json").read_text())["extra"]
+    assert (extra["checkpoint_kind"], extra["trajectory_model"]) == ("poselift", True)
+    capsys.readouterr()
+    assert _eval_cli(*base, "--out", tmp_path / "ev2", "--causal") == 2
+    assert "records causal=False" in capsys.readouterr().err
     # Fine-tuning from the result (exported as .bin) starts far below a from-scratch run.
     _export_last(last, tmp_path / "trained.bin")
     again = tmp_path / "ft2"
