@@ -175,3 +175,25 @@ def test_train_lift_init_architecture_mismatch_is_one_line(h36m, tmp_path, capsy
     assert len(err.splitlines()) == 1, err
     assert "released.bin [model_pos]: unexpected key(s)" in err and "'layers_conv.2.weight'" in err
     assert "the file holds filter_widths [3, 3, 3]" in err and "configured model has filter_widths [3, 3]" in err
+
+
+def test_zoo_name_evaluates_and_inits(h36m, tmp_path, monkeypatch) -> None:
+    from poselift.zoo import table as tbl
+
+    monkeypatch.setenv("POSELIFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POSELIFT_OFFLINE", "1")  # the file placed by hand: no network
+    for k in ("POSELIFT_WEIGHTS_MIRROR", "POSELIFT_ZOO_EXTRA"):
+        monkeypatch.delenv(k, raising=False)
+    tbl._load.cache_clear()
+    (tmp_path / "home" / "weights").mkdir(parents=True)
+    ck = _bin(tmp_path / "home" / "weights" / "pretrained_h36m_cpn.bin", traj=False)
+    assert _eval_cli("--checkpoint", "videopose3d-h36m-cpn", "--gt", h36m["gt"], "--keypoints", h36m["kp"],
+                     "--subjects", "S9", "--out", tmp_path / "ev") == 0
+    assert _eval_cli("--checkpoint", ck, "--gt", h36m["gt"], "--keypoints", h36m["kp"],
+                     "--subjects", "S9", "--out", tmp_path / "ev2") == 0
+    assert (json.loads((tmp_path / "ev" / "protocol.json").read_text())
+            == json.loads((tmp_path / "ev2" / "protocol.json").read_text()))
+    assert train_cli.main(_train_args(h36m, tmp_path / "ft", "--init", "videopose3d-h36m-cpn",
+                                      "--set", "epochs=1")) == 0
+    rec = json.loads((tmp_path / "ft" / "summary.json").read_text())["init"]
+    assert rec["path"] == str(ck.resolve()) and rec["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
