@@ -92,9 +92,12 @@ def test_evaluate_bin_bad_inputs_are_one_line(h36m, tmp_path, capsys) -> None:
     assert "j16.bin: the model predicts 16 joints" in err and "'h36m17' with 17" in err
     assert len(err.splitlines()) == 1
     junk = tmp_path / "junk.bin"
-    junk.write_bytes(b"not a checkpoint")
-    assert _eval_cli(*base[:1], junk, *base[2:], "--subjects", "S9") == 2
-    assert "junk.bin" in capsys.readouterr().err
+    for raw in (b"not a checkpoint", b"junk"):  # the second made torch raise struct.error
+        junk.write_bytes(raw)
+        assert _eval_cli(*base[:1], junk, *base[2:], "--subjects", "S9") == 2
+        err = capsys.readouterr().err.strip()
+        assert "junk.bin: " in err and len(err.splitlines()) == 1, err
+    assert "junk.bin: not a readable VideoPose3D checkpoint (error: unpack requires" in err
 
 
 def _train_args(h36m, out: Path, *extra: str) -> list[str]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from poselift.core.checkpoints import CheckpointError
-from poselift.datasets.safe_pickle import safe_torch_load
+from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
 from poselift.zoo import resolve_weights
 from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelBase, validate_filter_widths
 
@@ -182,7 +182,13 @@ def read_videopose3d(path: str | os.PathLike[str], map_location: Any = "cpu",
     """Safely read a ``.bin`` (path or zoo name); returns (resolved path, the checkpoint dict,
     checked to hold ``model_pos``)."""
     src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
-    ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
+    try:
+        ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
+    except (UnsafePickleError, FileNotFoundError):  # already name the file (and the global)
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises struct.error, RuntimeError, ... on junk
+        raise CheckpointFormatError(f"{src}: not a readable VideoPose3D checkpoint ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, Mapping):
         raise CheckpointFormatError(f"{src}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("model_pos") is None:
