@@ -184,7 +184,7 @@ def read_videopose3d(path: str | os.PathLike[str], map_location: Any = "cpu",
     src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
     try:
         ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
-    except (UnsafePickleError, FileNotFoundError):  # already name the file (and the global)
+    except (UnsafePickleError, OSError, RuntimeError):  # these already name the file
         raise
     except Exception as e:  # noqa: BLE001 - torch raises struct.error, RuntimeError, ... on junk
         raise CheckpointFormatError(f"{src}: not a readable VideoPose3D checkpoint ({type(e).__name__}: "
