@@ -71,7 +71,8 @@ def check_resume_init(ck: dict[str, Any], init: str, last: Path) -> None:
     before = (ck.get("config") or {}).get("init", "") or ""
     if before != (init or ""):
         raise RuntimeError(f"{last}: started from init {before or 'none'!r}, this run asks for "
-                           f"{init or 'none'!r}; use another --out-dir or --no-resume")
+                           f"{init or 'none'!r}; pass the same --init to resume, or use another "
+                           f"--out-dir or --no-resume")
 
 
 def rng_extra(ctx: DistContext) -> dict[str, Any]:
