@@ -55,7 +55,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt", required=True, help="ground-truth cache with the test sequences")
     p.add_argument("--keypoints", required=True, help="2D keypoint cache with the same sequence ids")
     p.add_argument("--subjects", default="",
-                   help="comma-separated test subjects (default: the checkpoint's test_subjects)")
+                   help="comma-separated test subjects (default: the checkpoint's test_subjects; required for a .bin)")
     p.add_argument("--actions", default=None,
                    help="comma-separated action-name prefixes (default: the checkpoint's training filter)")
     p.add_argument("--out", required=True, help="output folder for report.json/.md, protocol.md, plots")
