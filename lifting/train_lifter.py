@@ -33,6 +33,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from poselift.core.compile import maybe_compile
+from poselift.core.optim import make_adam
+from poselift.core.precision import resolve_precision
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation.metrics import mpjpe
 
@@ -142,11 +145,11 @@ def _train_step(batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | N
     n_lab = x.shape[0]
     if unl is not None:
         x = torch.cat([x, unl["kp2d"].to(device, non_blocking=True)])
-    pred = model(x)
+    pred = model(x).float()  # losses in float32 under autocast
     loss_pos = mpjpe_loss(pred[:n_lab][valid], y[valid])
     loss, parts = loss_pos, {"pos": float(loss_pos.detach())}
     if traj_model is not None:
-        traj_pred = traj_model(x)
+        traj_pred = traj_model(x).float()
         traj = batch["traj"].to(device, non_blocking=True)
         w = 1.0 / traj[..., 2].clamp_min(1e-3)  # far subjects count less
         loss_traj = weighted_mpjpe_loss(traj_pred[:n_lab][valid], traj[valid], w[valid])
@@ -200,6 +203,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
     device = ctx.device
+    prec = resolve_precision(cfg.precision, device).apply()
     _seed_everything(cfg.seed)
 
     train, test = _open_splits(cfg)
@@ -226,7 +230,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             model_train = _sync_bn_trainer(model_train)
             traj_train = _sync_bn_trainer(traj_train) if traj_train is not None else None
     params = list(model_train.parameters()) + (list(traj_train.parameters()) if traj_train else [])
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, amsgrad=True)
+    optimizer = make_adam(params, lr=cfg.lr, amsgrad=True)  # fused kernel where torch has one
+    scaler = prec.grad_scaler()
     models = [m for m in (model_train, traj_train) if m is not None]
     for m in models:
         m.to(device)
@@ -234,6 +239,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     # rank 0's running statistics are broadcast (torch's default, as DistributedSampler users get).
     step_train = wrap_ddp(model_train, ctx, broadcast_buffers=not sync_bn)
     step_traj = wrap_ddp(traj_train, ctx, broadcast_buffers=not sync_bn) if traj_train is not None else None
+    step_train = maybe_compile(step_train, cfg.compile)
 
     fingerprints = {"gt_cache": train.gt.content_fingerprint, "keypoints_cache": train.kp.content_fingerprint}
     data_info = {"dataset": train.gt.header.dataset, "joints_in": train.joints_in,
@@ -285,10 +291,12 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
                 # The stream advances every step (also in warm-up) as the reference's zip does.
                 unl = unlabeled.next_batch() if semi_on else unlabeled.skip()
             data_time += time.perf_counter() - td
-            loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
+            with prec.autocast():
+                loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             n = len(batch["kp2d"])
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * n
@@ -305,7 +313,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             sums = tot
         rec = {"epoch": epoch + 1, "train_mpjpe_mm": sums.get("pos", 0.0) / max(n_seen, 1) * 1000,
                "seconds": seconds, "data_seconds": data_time,
-               "examples_per_s": n_seen / max(seconds, 1e-9)}
+               "examples_per_s": n_seen / max(seconds, 1e-9), "precision": prec.name}
         if "traj" in sums:
             rec["train_traj_mm"] = sums["traj"] / max(n_seen, 1) * 1000
         if "proj_2d" in sums:  # normalised screen units x 1000, as the reference prints
@@ -323,7 +331,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
         if not ctx.is_main:
             continue
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}))
-        extra = {"lr": lr, "history": history, "torch_rng": rngs[0], **data_info,
+        extra = {"lr": lr, "history": history, "precision": prec.record(), "torch_rng": rngs[0], **data_info,
                  "world_size": ctx.world_size, "rank_rng": rngs if ctx.enabled else None,
                  "traj_state_dict": traj_train.state_dict() if traj_train is not None else None,
                  "traj_args": traj_eval.constructor_args() if traj_eval is not None else None,
@@ -339,7 +347,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     summary = {"out_dir": str(out), "checkpoint": str(last), "epochs": cfg.epochs, "history": history,
                "receptive_field": model_eval.receptive_field(),
                "parameters": sum(p.numel() for p in model_eval.parameters()),
-               "semi_supervised": unlabeled is not None, **data_info}
+               "semi_supervised": unlabeled is not None, "precision": prec.record(), **data_info}
     if ctx.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
