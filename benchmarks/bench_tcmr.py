@@ -5,7 +5,8 @@ regressor MLP, thread scaling, data fraction, and eval-mode inference windows/s.
 Builds synthetic DB files in the reference formats, imports them (float16 features). The
 variants train one shared model in lockstep on the same batches (A, B, C, A, B, C, ...), each
 with its own optimizer, so load from other processes hits all alike:
-  before     torch's single-tensor Adam, float32 (poselift before issue 14);
+  before     smplx's own skinning (per-vertex 4x4 bmm) and torch's single-tensor Adam,
+             float32 (poselift before issue 14);
   fp32       fused Adam, float32;
   bf16       fused Adam, ``precision: bf16`` (CPU autocast; SMPL stays float32).
 SMPL share: the body model's forward + backward for the step's 3 x batch bodies, timed in
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=3000, help="frames per synthetic dataset")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     a = p.parse_args(argv)
+    import smplx
+
     from poselift.core.optim import make_adam
     from poselift.core.precision import resolve_precision
     from poselift.datasets.importers.insta import import_insta_h5
@@ -74,16 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         data = [TCMRWindowData(s, train_windows(s, 1)) for s in srcs]
         batches = StepBatches(MixedBatchSampler([len(data[0])], [len(data[1])], a.batch), [data[0]], [data[1]])
         loss_fn = TCMRLoss()
-        variants = {"before: Adam loop, fp32": ("loop", "fp32"), "now: fused Adam, fp32": ("fused", "fp32"),
+        variants = {"before: smplx skinning, Adam loop, fp32": ("loop", "fp32"), "now: fused Adam, fp32": ("fused", "fp32"),
                     "now: fused Adam, bf16 autocast": ("fused", "bf16")}
         opts = {k: make_adam(model.parameters(), lr=5e-5, impl=v[0]) for k, v in variants.items()}
         precs = {k: resolve_precision(v[1], "cpu") for k, v in variants.items()}
         smpl = model.regressor.smpl
 
+        def smplx_forward(betas: torch.Tensor, rotmat: torch.Tensor):  # the skinning before issue 14
+            out = smplx.SMPL.forward(smpl, betas=betas, body_pose=rotmat[:, 1:],
+                                     global_orient=rotmat[:, 0].unsqueeze(1), pose2rot=False)
+            extra = torch.einsum("bik,ji->bjk", out.vertices, smpl.J_regressor_extra)
+            return out.vertices, torch.cat([out.joints, extra], dim=1)[:, smpl.joint_map]
+
         def step(name: str, b: dict) -> None:
             n2 = int(b["n_2d"])
+            if name.startswith("before"):
+                smpl.forward = smplx_forward  # instance attribute: this module only
             with precs[name].autocast():
                 pred = model(b["features"], is_train=True)
+            smpl.__dict__.pop("forward", None)
             pred = {k: pred[k].float() for k in ("kp_2d", "kp_3d", "theta")}
             kp = _rep3(b["kp_2d"])
             t3d = {"kp_2d": kp[n2:], **{k: _rep3(b[k]) for k in ("kp_3d", "theta", "w_3d", "w_smpl")}}
@@ -102,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.hidden}, features {a.feat_dim}), batch {a.batch} (3 x {a.batch} SMPL bodies per "
               f"step), synthetic SMPL-format body model ({smpl.v_template.shape[0]} vertices); {a.steps} "
               f"timed steps per variant and thread count; import {per * 22 / import_s:.0f} frames/s\n")
+        print("SMPL share: the body model's forward + backward (fast skinning) over the variant's step "
+              "time; for 'before' it is a lower bound (its own skinning is slower).\n")
         print("| threads | variant | steps/s | s/step | vs before | data fraction | SMPL fwd+bwd share "
               "| GRU + regressor + loss + Adam share |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                     acc["smpl"] += smpl_s
                     acc["data"] += data_s
             restore()
-            base = acc["before: Adam loop, fp32"]
+            base = acc["before: smplx skinning, Adam loop, fp32"]
             for name in variants:
                 share = acc["smpl"] / acc[name]
                 print(f"| {t} | {name} | {a.steps / acc[name]:.3f} | {acc[name] / a.steps:.2f} | "
