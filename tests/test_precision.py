@@ -136,3 +136,17 @@ def test_compile_switch_falls_back_to_eager(monkeypatch):
     torch.testing.assert_close(wrapped(x), m(x))
     assert not wrapped.compiled and "no C++ compiler found" in wrapped.fallback_reason
     assert list(wrapped.parameters()) == list(m.parameters())
+
+
+def test_predict_sequence_in_bf16_matches_fp32():
+    from poselift.lifting.infer_lifter import predict_sequence
+
+    torch.manual_seed(0)
+    model = TemporalModel(4, 2, 4, [3, 3], dropout=0.0, channels=32).eval()
+    kp = torch.randn(30, 4, 2).numpy()
+    fp32 = predict_sequence(model, kp, pad=4)
+    bf16 = predict_sequence(model, kp, pad=4, precision="bf16")
+    assert fp32.shape == bf16.shape == (30, 4, 3) and bf16.dtype == fp32.dtype
+    assert abs(bf16 - fp32).max() < 0.05 * abs(fp32).max() + 1e-3
+    with pytest.raises(P.PrecisionError, match="fp16"):
+        predict_sequence(model, kp, pad=4, precision="fp16")
