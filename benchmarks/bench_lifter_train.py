@@ -305,7 +305,7 @@ def accuracy(name: str, root: Path, epochs: int, channels: int, batch: int, thre
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="he27", help="comma-separated: he27, h36m243 (default he27)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant and thread count")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant and thread count (0 = skip the speed part)")
     p.add_argument("--batch", type=int, default=None, help="batch (default: the config's, 128 / 1024)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--compile", action="store_true", help="also time fp32 with torch.compile")
@@ -322,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"`{cmd}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
           f"Machine: {machine_line(torch.device('cpu'))}")
     for name in [c for c in a.configs.split(",") if c]:
-        speed(name, root, threads, a.steps, a.batch, a.compile, a.data_batches)
+        if a.steps:
+            speed(name, root, threads, a.steps, a.batch, a.compile, a.data_batches)
         if a.acc_epochs:
-            accuracy(name, root, a.acc_epochs, a.acc_channels, a.acc_batch, max(threads))
+            accuracy(name, root, a.acc_epochs, a.acc_channels, a.acc_batch, min(threads))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
