@@ -2,6 +2,7 @@
 checkpoints evaluated in fp32, the fused-Adam factory and the torch.compile fallback."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,20 @@ def test_predict_sequence_in_bf16_matches_fp32():
     assert abs(bf16 - fp32).max() < 0.05 * abs(fp32).max() + 1e-3
     with pytest.raises(P.PrecisionError, match="fp16"):
         predict_sequence(model, kp, pad=4, precision="fp16")
+
+
+def test_backbone_runner_bf16_on_cpu_close_to_fp32():
+    from poselift.extract.backbones.resnet import ResNet
+    from poselift.extract.contracts import PreprocessContract
+    from poselift.extract.features import BackboneRunner
+
+    torch.manual_seed(0)
+    net = ResNet(18, 8).eval()
+    contract = PreprocessContract(crop_size=32, bbox_scale=1.2)
+    crops = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8).numpy()
+    fp32 = BackboneRunner(net, contract, "cpu")(crops)
+    bf16 = BackboneRunner(net, contract, "cpu", precision="bf16")(crops)
+    assert fp32.dtype == bf16.dtype == np.float32 and fp32.shape == bf16.shape
+    assert np.linalg.norm(bf16 - fp32) < 0.05 * np.linalg.norm(fp32)
+    with pytest.raises(P.PrecisionError, match="fp16"):
+        BackboneRunner(net, contract, "cpu", precision="fp16")
