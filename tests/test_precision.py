@@ -81,7 +81,7 @@ def _lifter_fit(prec: P.Precision, steps: int) -> tuple[float, float, TemporalMo
 def test_bf16_cpu_autocast_trains_and_checkpoint_evaluates_in_fp32(tmp_path):
     prec = P.resolve_precision("bf16", "cpu")
     first, last, model = _lifter_fit(prec, 150)
-    assert last < first / 4, (first, last)  # falls by a large factor (measured ~10-20x)
+    assert last < first / 4, (first, last)  # falls by a large factor (measured 57x bf16, 68x fp32)
     for p_ in model.parameters():  # master weights stay float32: checkpoints are fp32
         assert p_.dtype == torch.float32
     torch.save(model.state_dict(), tmp_path / "bf16.pt")
