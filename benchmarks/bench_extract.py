@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers for decode + crop")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "auto"],
+                   help="feature backbone precision (default: fp16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--repeats", type=int, default=3, help="forward-only timing repeats (best is kept)")
     p.add_argument("--header", action="store_true", help="print the table header first")
     a = p.parse_args()
@@ -81,7 +83,7 @@ def main() -> None:
     else:
         model = BACKBONES[a.backbone](base_width=a.base_width)
     contract = PreprocessContract(crop_size=a.crop_size, bbox_scale=1.2)
-    runner = BackboneRunner(model, contract, a.device, compile=a.compile)
+    runner = BackboneRunner(model, contract, a.device, compile=a.compile, precision=a.precision)
     crops = torch.from_numpy(np.random.default_rng(1).integers(
         0, 256, (a.batch_size, a.crop_size, a.crop_size, 3), dtype=np.uint8))
     if runner.device.type == "cuda":
@@ -102,12 +104,14 @@ def main() -> None:
         t0 = time.perf_counter()
         r = extract_features([SequenceSpec("bench", video, boxes)], Path(d) / "f.h5", runner.model, contract,
                              batch_size=a.batch_size, num_workers=a.workers, device=a.device,
-                             weights_sha256="bench", compile=a.compile, progress=False)
+                             weights_sha256="bench", compile=a.compile, progress=False,
+                             precision=a.precision)
         e2e = r.frames / (time.perf_counter() - t0)
         assert r.written == ["bench"], r.failed
     if a.header:
         print(HEADER)
     dev = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    dev += f", {a.precision}" if a.precision else ""
     print(f"| {dev} | {a.backbone} | {a.base_width} | {a.crop_size} | {a.batch_size} | {a.workers} | "
           f"{'yes' if a.compile else 'no'} | {a.frames} x {w}x{h} mp4v | {fwd:.1f} | {e2e:.1f} | {e2e / fwd:.2f} |")
 

@@ -1,27 +1,29 @@
-"""Training-speed benchmark of the temporal-convolution lifters, through real caches.
+"""Training-speed and accuracy benchmark of the temporal-convolution lifter, in ONE run.
 
-Configurations (VideoPose3D recipes):
-  he27     27-frame model, 1024 channels, HumanEva-I-sized training set (10,041 frames of
-           15 joints, listed twice for flip augmentation), batch 128;
-  h36m243  243-frame model, 1024 channels, Human3.6M-sized training set (1.5 M frames of
-           17 joints, the five training subjects x 4 cameras), batch --batch-243.
+Data: synthetic caches of HumanEva-I size (he27: 10,041 frames of 15 joints, x2 flip
+augmentation, 27-frame model, 1024 channels, batch 128) or Human3.6M size (h36m243).
 
-For each it measures, on the same batches:
-  - poselift's training step (cache -> ``CacheWindowDataset.get_batch`` -> GEMM strided
-    model -> MPJPE -> Adam): samples/s and the share of step time outside the model;
-  - the same step with the conv1d implementation of the same model (the reference design);
-  - the data path alone, ours vs an emulation of the reference's per-example Python
-    gathering (``np.pad`` per chunk into float64 buffers, flip by index swap, cast).
-Prints markdown rows with the command, machine and date.
+Every variant trains in lockstep on the same batches (A, B, C, ... per step) at each thread
+count, so load from other processes on a shared machine hits all of them alike:
+  reference-style  per-example Python gathering (np.pad per window, float64 buffers) + the
+                   reference's channels-first conv1d model + torch's single-tensor Adam;
+  before           poselift before issue 14: vectorised gather + GEMM strided model + the
+                   single-tensor Adam (torch's CPU default), float32;
+  fp32             poselift now: fused Adam (amsgrad), float32;
+  bf16             poselift now with ``precision: bf16`` (CPU autocast);
+  compile          (``--compile``) fp32 with ``torch.compile``.
+Printed: the machine (CPU model, AVX512/BF16/AMX flags), measured fp32 and bf16 matmul peaks
+(2048^2) per thread count, the step's FLOPs per example, samples/s, achieved fraction of
+peak; then an accuracy check (P-MPJPE of fp32 vs bf16 training at equal epochs on held-out
+synthetic data).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_lifter_train.py --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_lifter_train.py --threads 1,2
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -31,10 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line, matmul_peak_gflops, step_flops, with_threads  # noqa: E402
+
+from poselift.core.compile import maybe_compile
+from poselift.core.optim import make_adam
+from poselift.core.precision import resolve_precision
 from poselift.datasets.cache import CacheHeader, CacheWriter
 from poselift.datasets.joints import get_joint_set
-from poselift.lifting.config import LiftConfig
 from poselift.lifting.videopose3d.data import LiftData
+from poselift.evaluation.metrics import p_mpjpe
 from poselift.lifting.videopose3d.losses import mpjpe_loss
 
 from poselift.lifting.videopose3d.model import TemporalModelOptimized1f, receptive_field_of
@@ -46,13 +54,18 @@ CONFIGS = {
 }
 
 
-def build_caches(root: Path, joint_set: str, dataset: str, frames: int, n_seq: int) -> tuple[Path, Path]:
-    """Synthetic gt + keypoints2d caches (random-walk joints), reused when present."""
-    gt_path, kp_path = root / f"{dataset}_{frames}_3d.h5", root / f"{dataset}_{frames}_2d.h5"
+def build_caches(root: Path, joint_set: str, dataset: str, frames: int, n_seq: int,
+                 kind: str = "walk") -> tuple[Path, Path]:
+    """Synthetic gt + keypoints2d caches, reused when present. ``walk``: independent random
+    walks per joint (timing only: root-relative depth is not predictable from 2D); ``body``:
+    one fixed skeleton turning about the vertical axis with small periodic joint motion, so 3D
+    is learnable from 2D and training converges (accuracy check)."""
+    gt_path, kp_path = root / f"{dataset}_{frames}_{kind}_3d.h5", root / f"{dataset}_{frames}_{kind}_2d.h5"
     if gt_path.exists() and kp_path.exists():
         return gt_path, kp_path
     j = get_joint_set(joint_set).num_joints
     rng = np.random.default_rng(0)
+    skeleton = np.random.default_rng(7).normal(0, 0.25, (j, 3))
     lengths = np.full(n_seq, frames // n_seq)
     lengths[: frames - lengths.sum()] += 1
     subjects = ["S1", "S5", "S6", "S7", "S8"]
@@ -60,7 +73,17 @@ def build_caches(root: Path, joint_set: str, dataset: str, frames: int, n_seq: i
     with CacheWriter(gt_path, CacheHeader(kind="gt", **hdr), overwrite=True) as wg, \
             CacheWriter(kp_path, CacheHeader(kind="keypoints2d", **hdr), overwrite=True) as wk:
         for i, t in enumerate(lengths):
-            walk = np.cumsum(rng.normal(0, 0.01, (t, j, 3)), axis=0) + rng.normal(0, 0.3, (1, j, 3))
+            if kind == "walk":
+                walk = np.cumsum(rng.normal(0, 0.01, (t, j, 3)), axis=0) + rng.normal(0, 0.3, (1, j, 3))
+            else:
+                tt = np.arange(t)[:, None, None]
+                local = skeleton + 0.04 * np.sin(rng.uniform(0.05, 0.2, (1, j, 3)) * tt
+                                                 + rng.uniform(0, 6.3, (1, j, 3)))
+                yaw = rng.uniform(0, 6.3) + np.cumsum(rng.normal(0, 0.02, t))
+                c, s_ = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+                walk = np.stack([c * local[..., 0] + s_ * local[..., 2], local[..., 1],
+                                 -s_ * local[..., 0] + c * local[..., 2]], -1)
+                walk[..., :2] += rng.normal(0, 0.5, (1, 1, 2))
             walk[..., 2] += 5.0
             pix = (500 * walk[..., :2] / walk[..., 2:] + 500).astype(np.float32)
             attrs = {"subject": subjects[i % len(subjects)], "action": f"Take {i // len(subjects)}",
@@ -104,124 +127,212 @@ class ReferenceGather:
                 torch.from_numpy(self.b3[:n].astype(np.float32)))
 
 
-def step_times(models: list[torch.nn.Module], ds, order: np.ndarray, batch: int, steps: int,
-               warmup: int, device: torch.device) -> list[tuple[float, float]]:
-    """Per model: (data seconds, model seconds) summed over ``steps`` timed training steps.
+class Variant:
+    """One way of running the training step: its own model copy, optimizer and gather."""
 
-    The models train in lockstep on the same batches (A, B, A, B, ...), so load from other
-    processes on a shared machine hits all of them alike."""
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, amsgrad=True) for m in models]
-    for m in models:
-        m.to(device).train()
-    acc = [[0.0, 0.0] for _ in models]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    def __init__(self, name: str, model: torch.nn.Module, adam: str, precision: str,
+                 gather, compile_: bool = False) -> None:
+        self.name, self.model, self.gather = name, model, gather
+        self.opt = make_adam(model.parameters(), lr=1e-3, amsgrad=True, impl=adam)
+        self.prec = resolve_precision(precision, "cpu")
+        self.fwd = maybe_compile(model, compile_)
+        self.seconds = 0.0
+        self.examples = 0
+
+    def step(self, idx: np.ndarray) -> None:
+        x, y = self.gather(idx)
+        with self.prec.autocast():
+            loss = mpjpe_loss(self.fwd(x).float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def lockstep(variants: list[Variant], order: np.ndarray, batch: int, steps: int, warmup: int
+             ) -> dict[torch.dtype, float]:
+    """Time ``steps`` steps of every variant, interleaved per step (A, B, C, A, B, C, ...),
+    with one 2048^2 matmul per dtype in every round; returns the matmuls' mean GFLOP/s (the
+    peak under the same load as the steps)."""
+    for v in variants:
+        v.seconds, v.examples = 0.0, 0
+        v.model.train()
+    probe = {dt: [0.0, 0] for dt in (torch.float32, torch.bfloat16)}
     for i in range(warmup + steps):
-        idx = order[(i * batch) % len(order):][:batch]
-        for k, (model, opt) in enumerate(zip(models, opts)):
-            t0 = time.perf_counter()
-            b = ds.get_batch(idx)
-            x, y = b["kp2d"].to(device, non_blocking=True), b["pose3d"].to(device, non_blocking=True)
-            sync()
-            t1 = time.perf_counter()
-            loss = mpjpe_loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync()
-            t2 = time.perf_counter()
+        idx = order[(i * batch) % (len(order) - batch):][:batch]
+        for dt, acc in probe.items():
+            gf = matmul_peak_gflops(dt, torch.device("cpu"), seconds=0.0)
             if i >= warmup:
-                acc[k][0] += t1 - t0
-                acc[k][1] += t2 - t1
-    return [(d, m) for d, m in acc]
+                acc[0] += 1.0 / gf
+                acc[1] += 1
+        for v in variants:
+            t0 = time.perf_counter()
+            v.step(idx)
+            if i >= warmup:
+                v.seconds += time.perf_counter() - t0
+                v.examples += len(idx)
+    return {dt: n / inv for dt, (inv, n) in probe.items()}
 
 
 def data_path_times(ds, ref: ReferenceGather, order: np.ndarray, batch: int, n: int) -> tuple[float, float]:
     """Seconds per batch of the data path alone: (ours, reference emulation)."""
-    w = ds.windows
     t0 = time.perf_counter()
     for i in range(n):
         ds.get_batch(order[i * batch:(i + 1) * batch])
     ours = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     for i in range(n):
-        idx = order[i * batch:(i + 1) * batch]
-        rows, flips = idx % len(w), idx >= len(w)
-        ref([(int(w.seq[r]), int(w.target_start[r]), bool(f)) for r, f in zip(rows, flips)])
+        ref(ref_chunks(ds, order[i * batch:(i + 1) * batch]))
     return ours, (time.perf_counter() - t0) / n
 
 
-def run_config(name: str, root: Path, steps: int, batch: int | None, device: torch.device,
-               data_batches: int) -> list[str]:
-    joint_set, dataset, frames, n_seq, widths, default_batch = CONFIGS[name]
-    batch = batch or default_batch
-    t0 = time.perf_counter()
-    gt, kp = build_caches(root, joint_set, dataset, frames, n_seq)
-    build_s = time.perf_counter() - t0
-    cfg = LiftConfig(gt_cache=str(gt), keypoints_cache=str(kp), train_subjects=["S1", "S5", "S6", "S7", "S8"],
-                     architecture=widths, channels=1024)
-    data = LiftData.open(cfg.gt_cache, cfg.keypoints_cache, cfg.train_subjects)
-    pad = (receptive_field_of(widths) - 1) // 2
-    t0 = time.perf_counter()
+def ref_chunks(ds, idx: np.ndarray) -> list[tuple[int, int, bool]]:
+    w = ds.windows
+    rows, flips = idx % len(w), idx >= len(w)
+    return [(int(w.seq[r]), int(w.target_start[r]), bool(f)) for r, f in zip(rows, flips)]
+
+
+def open_data(name: str, root: Path, subjects: list[str], kind: str = "walk"
+              ) -> tuple[LiftData, int, list[int], str]:
+    joint_set, dataset, frames, n_seq, widths, _ = CONFIGS[name]
+    gt, kp = build_caches(root, joint_set, dataset, frames, n_seq, kind)
+    return LiftData.open(str(gt), str(kp), subjects), (receptive_field_of(widths) - 1) // 2, widths, joint_set
+
+
+def speed(name: str, root: Path, threads: list[int], steps: int, batch: int | None,
+          compile_: bool, data_batches: int) -> None:
+    batch = batch or CONFIGS[name][5]
+    data, pad, widths, joint_set = open_data(name, root, ["S1", "S5", "S6", "S7", "S8"])
     ds = data.dataset(data.windows(left=pad, right=pad, chunk=1), flip="double", with_trajectory=False)
-    load_s = time.perf_counter() - t0
     order = np.random.default_rng(0).permutation(len(ds))
-    j_in = get_joint_set(joint_set).num_joints
-    kw = dict(num_joints_in=j_in, in_features=2, num_joints_out=j_in, filter_widths=widths,
+    ref = ReferenceGather(data, pad, batch)
+    j = get_joint_set(joint_set).num_joints
+    kw = dict(num_joints_in=j, in_features=2, num_joints_out=j, filter_widths=widths,
               causal=False, dropout=0.25, channels=1024)
     torch.manual_seed(0)
-    gemm = TemporalModelOptimized1f(**kw, impl="gemm")
-    conv = TemporalModelOptimized1f(**kw, impl="conv")
-    conv.load_state_dict(gemm.state_dict())
-    warm = 2
-    (d_g, m_g), (d_c, m_c) = step_times([gemm, conv], ds, order, batch, steps, warm, device)
-    ref = ReferenceGather(data, pad, batch)
+    init = TemporalModelOptimized1f(**kw, impl="gemm").state_dict()
+
+    def model(impl: str) -> TemporalModelOptimized1f:
+        m = TemporalModelOptimized1f(**kw, impl=impl)
+        m.load_state_dict(init)
+        return m
+
+    def ours(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        b = ds.get_batch(idx)
+        return b["kp2d"], b["pose3d"]
+
+    variants = [Variant("reference-style (per-example gather, conv1d, Adam loop)", model("conv"), "loop",
+                        "fp32", lambda idx: ref(ref_chunks(ds, idx))),
+                Variant("before (GEMM, Adam loop), fp32", model("auto"), "loop", "fp32", ours),
+                Variant("now: fused Adam, fp32", model("auto"), "fused", "fp32", ours),
+                Variant("now: fused Adam, bf16 autocast", model("auto"), "fused", "bf16", ours)]
+    if compile_:
+        variants.append(Variant("now: fp32 + torch.compile", model("auto"), "fused", "fp32", ours, True))
+    probe = variants[2]
+    flops = step_flops(lambda: probe.step(order[:batch])) / batch
+    print(f"\n### {name}: {len(ds):,} training windows, RF {2 * pad + 1}, 1024 channels, batch {batch}, "
+          f"{steps} timed steps per variant and thread count\n")
+    print(f"Step FLOPs per example (matmuls, forward + backward, torch's counter): {flops / 1e6:.1f} M\n")
+    print("Peaks: best single 2048^2 matmul over 2 s before the round, and (in brackets) the mean "
+          "of one such matmul per lockstep round, i.e. under the same load as the steps; the "
+          "fraction of peak is taken against the latter.\n")
+    print("| threads | fp32 peak GFLOP/s | bf16 peak GFLOP/s | variant | samples/s | vs reference-style "
+          "| vs before | achieved GFLOP/s | fraction of fp32 peak | of bf16 peak |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for t in threads:
+        restore = with_threads(t)
+        b32 = matmul_peak_gflops(torch.float32, torch.device("cpu"), seconds=2.0)
+        b16 = matmul_peak_gflops(torch.bfloat16, torch.device("cpu"), seconds=2.0)
+        mean = lockstep(variants, order, batch, steps, warmup=2)
+        p32, p16 = mean[torch.float32], mean[torch.bfloat16]
+        restore()
+        rate = {v.name: v.examples / v.seconds for v in variants}
+        r_ref, r_before = rate[variants[0].name], rate[variants[1].name]
+        for v in variants:
+            r = rate[v.name]
+            print(f"| {t} | {b32:.0f} ({p32:.0f}) | {b16:.0f} ({p16:.0f}) | {v.name} | {r:.1f} | "
+                  f"{r / r_ref:.2f}x | {r / r_before:.2f}x | {r * flops / 1e9:.1f} | "
+                  f"{100 * r * flops / 1e9 / p32:.0f} % | {100 * r * flops / 1e9 / p16:.0f} % |", flush=True)
     ours_b, ref_b = data_path_times(ds, ref, order, batch, data_batches)
-    n = steps * batch
-    print(f"# {name}: {len(ds):,} training windows ({frames:,} frames x2 flip), cache build {build_s:.1f} s "
-          f"(reused if 0), preload {load_s:.1f} s", file=sys.stderr)
-    return [
-        f"| {name} | {receptive_field_of(widths)} | {batch} | {steps} | GEMM strided (ours) | "
-        f"{n / (d_g + m_g):.1f} | {100 * d_g / (d_g + m_g):.2f} % | {1000 * ours_b:.2f} |",
-        f"| {name} | {receptive_field_of(widths)} | {batch} | {steps} | conv1d strided (reference design) | "
-        f"{n / (d_c + m_c):.1f} | {100 * d_c / (d_c + m_c):.2f} % | - |",
-        f"| {name} | {receptive_field_of(widths)} | {batch} | - | reference gathering (emulated) | - | "
-        f"{100 * ref_b / (ref_b + m_g / steps):.2f} % (with GEMM model) | {1000 * ref_b:.2f} |",
-    ]
+    print(f"\nData path alone: vectorised gather {1000 * ours_b:.2f} ms/batch, reference-style "
+          f"per-example gather {1000 * ref_b:.2f} ms/batch ({ref_b / ours_b:.1f}x)")
+
+
+def accuracy(name: str, root: Path, epochs: int, channels: int, batch: int, threads: int) -> None:
+    """fp32 vs bf16 training from one init on the same batches; P-MPJPE on held-out S8."""
+    restore = with_threads(threads)
+    train, pad, widths, joint_set = open_data(name, root, ["S1", "S5", "S6", "S7"], "body")
+    test, _, _, _ = open_data(name, root, ["S8"], "body")
+    ds = train.dataset(train.windows(left=pad, right=pad, chunk=1), flip="double", with_trajectory=False)
+    tds = test.dataset(test.windows(left=pad, right=pad, chunk=1), flip=None, with_trajectory=False)
+    tb = tds.get_batch(np.arange(len(tds)))
+    j = get_joint_set(joint_set).num_joints
+    torch.manual_seed(0)
+    kw = dict(num_joints_in=j, in_features=2, num_joints_out=j, filter_widths=widths, dropout=0.25,
+              channels=channels)
+    init = TemporalModelOptimized1f(**kw).state_dict()
+    res = {}
+    # fp32 twice, with another dropout stream the second time: the run-to-run spread that a
+    # bf16 - fp32 difference has to be judged against.
+    for run, prec_name, seed in (("fp32", "fp32", 1), ("bf16", "bf16", 1), ("fp32b", "fp32", 2)):
+        m = TemporalModelOptimized1f(**kw)
+        m.load_state_dict(init)
+        v = Variant(prec_name, m, "fused", prec_name, lambda idx: (lambda b: (b["kp2d"], b["pose3d"]))(ds.get_batch(idx)))
+        torch.manual_seed(seed)  # same dropout stream for fp32 and bf16
+        t0, curve = time.perf_counter(), []
+        for e in range(epochs):
+            for g in v.opt.param_groups:
+                g["lr"] = 1e-3 * 0.95 ** e
+            order = np.random.default_rng([0, e]).permutation(len(ds))
+            m.train()
+            for b0 in range(0, len(order) - batch + 1, batch):
+                v.step(order[b0:b0 + batch])
+            m.eval()
+            with torch.no_grad():  # evaluation in float32, as the checkpoint is evaluated
+                pred = m(tb["kp2d"]).numpy()[:, 0]
+            curve.append(float(p_mpjpe(pred, tb["pose3d"].numpy()[:, 0]).mean() * 1000))
+        res[run] = (curve, time.perf_counter() - t0)
+        print(f"# accuracy: {run} done, final P-MPJPE {curve[-1]:.2f} mm", file=sys.stderr, flush=True)
+    restore()
+    (c32, s32), (c16, s16), (cb, _) = res["fp32"], res["bf16"], res["fp32b"]
+    print(f"\n### Accuracy: {name} data, {channels} channels, batch {batch}, {epochs} epochs "
+          f"({len(ds):,} windows/epoch, train S1 S5 S6 S7, test S8 {len(tds):,} frames), {threads} thread(s)\n")
+    print("| epoch | P-MPJPE fp32 (mm) | P-MPJPE bf16 (mm) | bf16 - fp32 | fp32, other dropout seed | "
+          "its difference to fp32 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for e in sorted({0, epochs // 4, epochs // 2, epochs - 2, epochs - 1}):
+        if 0 <= e < epochs:
+            print(f"| {e + 1} | {c32[e]:.2f} | {c16[e]:.2f} | {c16[e] - c32[e]:+.2f} | {cb[e]:.2f} | "
+                  f"{cb[e] - c32[e]:+.2f} |")
+    print(f"\nTraining time: fp32 {s32:.0f} s, bf16 {s16:.0f} s (bf16 / fp32 speed {s32 / s16:.2f}x); "
+          f"final difference {c16[-1] - c32[-1]:+.2f} mm (target: within 0.5 mm)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="he27,h36m243", help="comma-separated: he27, h36m243")
-    p.add_argument("--steps", type=int, default=200, help="timed steps for he27 (default 200)")
-    p.add_argument("--steps-243", type=int, default=10, help="timed steps for h36m243 (default 10)")
-    p.add_argument("--batch-243", type=int, default=None,
-                   help="batch for h36m243 (default 1024 as the recipe; 128 keeps a 2-core CPU run short)")
-    p.add_argument("--data-batches", type=int, default=50, help="batches timed for the data-path comparison")
+    p.add_argument("--configs", default="he27", help="comma-separated: he27, h36m243 (default he27)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant and thread count (0 = skip the speed part)")
+    p.add_argument("--batch", type=int, default=None, help="batch (default: the config's, 128 / 1024)")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--compile", action="store_true", help="also time fp32 with torch.compile")
+    p.add_argument("--data-batches", type=int, default=20, help="batches timed for the data-path comparison")
+    p.add_argument("--acc-epochs", type=int, default=12, help="epochs of the accuracy check (0 = skip)")
+    p.add_argument("--acc-channels", type=int, default=256, help="model width of the accuracy check")
+    p.add_argument("--acc-batch", type=int, default=256, help="batch of the accuracy check")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the synthetic caches go (reused)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    threads = [int(t) for t in a.threads.split(",") if t]
     root = a.cache_dir or Path(tempfile.mkdtemp(prefix="bench_lifter_"))
     root.mkdir(parents=True, exist_ok=True)
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-               f"{torch.__version__}, {torch.get_num_threads()} threads"
-               if device.type == "cpu" else torch.cuda.get_device_name(device))
-    print(f"`{' '.join(shlex.quote(x) for x in ['benchmarks/bench_lifter_train.py', *(argv or sys.argv[1:])])}`"
-          f" on {machine}, {datetime.date.today().isoformat()}, load average at start "
-          f"{os.getloadavg()[0]:.1f}\n")
-    print("| config | RF | batch | steps | training step | samples/s | time outside the model | "
-          "data path ms/batch |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|")
+    cmd = ' '.join(shlex.quote(x) for x in ['benchmarks/bench_lifter_train.py', *(argv or sys.argv[1:])])
+    print(f"`{cmd}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+          f"Machine: {machine_line(torch.device('cpu'))}")
     for name in [c for c in a.configs.split(",") if c]:
-        steps = a.steps if name == "he27" else a.steps_243
-        batch = a.batch_243 if name == "h36m243" else None
-        for row in run_config(name, root, steps, batch, device, a.data_batches):
-            print(row, flush=True)
+        if a.steps:
+            speed(name, root, threads, a.steps, a.batch, a.compile, a.data_batches)
+        if a.acc_epochs:
+            accuracy(name, root, a.acc_epochs, a.acc_channels, a.acc_batch, min(threads))
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from poselift.core.progress import progress_bar
 
+from poselift.core.precision import resolve_precision
 from poselift.datasets.cache import CacheHeader, CacheWriter
 
 from .contracts import PreprocessContract
@@ -159,8 +160,13 @@ class BackboneRunner:
     """
 
     def __init__(self, model: torch.nn.Module, contract: PreprocessContract, device: str | torch.device = "cpu",
-                 *, amp: bool = True, compile: bool = False, flush_denormal: bool = True) -> None:
+                 *, amp: bool = True, compile: bool = False, flush_denormal: bool = True,
+                 precision: str | None = None) -> None:
         self.device = torch.device(device)
+        # ``precision`` (fp32 | bf16 | fp16 | auto, poselift.core.precision) overrides ``amp``:
+        # bf16 autocast doubles ResNet-50's CPU rate on AVX512-BF16 (docs/benchmarks.md).
+        self._autocast = (resolve_precision(precision, self.device).autocast if precision else
+                          lambda: torch.autocast("cuda", dtype=torch.float16, enabled=self.amp))
         self.flush = flush_denormal and self.device.type == "cpu"
         self.contract = contract
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
@@ -179,7 +185,7 @@ class BackboneRunner:
         if self.flush:
             torch.set_flush_denormal(True)
         try:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            with torch.inference_mode(), self._autocast():
                 y = self._forward(x)
         finally:
             if self.flush:
@@ -254,7 +260,8 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
                      dtype: Any = np.float16, weights_sha256: str | None = None,
                      extractor: str | None = None, dataset: str = "custom",
                      fingerprint: str | None = None, compile: bool = False, amp: bool = True,
-                     overwrite: bool = False, progress: bool = True) -> ExtractionResult:
+                     overwrite: bool = False, progress: bool = True,
+                     precision: str | None = None) -> ExtractionResult:
     """Extract backbone features for ``sequences`` into the features cache ``out_path``.
 
     Args:
@@ -269,6 +276,7 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
         extractor: name stored in the header (default ``resnet<depth>``).
         fingerprint: ``inputs_fingerprint`` of the header (default: ``inputs_fingerprint(sequences)``).
         compile, amp: ``torch.compile`` (with eager fallback); fp16 autocast on CUDA only.
+        precision: fp32 | bf16 | fp16 | auto; when given it replaces ``amp`` (bf16 works on CPUs).
         overwrite: discard an existing cache / interrupted run with different settings.
 
     Returns an ``ExtractionResult``; the cache is finalised with every sequence that succeeded.
@@ -295,7 +303,7 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
         result.skipped = [s.seq_id for s in sequences if writer.has(s.seq_id)]
         if todo:
             _run(todo, writer, backbone, contract, batch_size, num_workers, device, dtype,
-                 compile, amp, progress, result)
+                 compile, amp, progress, result, precision)
     result.seconds = time.perf_counter() - t0
     for sid, err in result.failed.items():
         log.error("sequence %r failed: %s", sid, err)
@@ -304,8 +312,9 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
 
 def _run(todo: list[SequenceSpec], writer: CacheWriter, backbone: torch.nn.Module,
          contract: PreprocessContract, batch_size: int, num_workers: int, device: str | torch.device,
-         dtype: np.dtype, compile: bool, amp: bool, progress: bool, result: ExtractionResult) -> None:
-    runner = BackboneRunner(backbone, contract, device, amp=amp, compile=compile)
+         dtype: np.dtype, compile: bool, amp: bool, progress: bool, result: ExtractionResult,
+         precision: str | None = None) -> None:
+    runner = BackboneRunner(backbone, contract, device, amp=amp, compile=compile, precision=precision)
     cuda = runner.device.type == "cuda"
     loader = DataLoader(CropStream(todo, contract, batch_size), batch_size=None,
                         num_workers=num_workers, pin_memory=cuda,

@@ -66,6 +66,8 @@ class LiftConfig:
     seed: int = 1234
     device: str = "auto"                                    # auto | cpu | cuda | cuda:N
     num_threads: int = 0                                    # 0 = torch default
+    precision: str = "fp32"                                 # fp32 | bf16 | fp16 | auto (poselift.core.precision)
+    compile: bool = False                                   # torch.compile the training model (eager fallback)
     eval_every: int = 1                                     # epochs between test evaluations (0 = off)
     checkpoint_every: int = 10
     by_subject: bool = False                                # report per test subject (HumanEva)

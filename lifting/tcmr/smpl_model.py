@@ -23,6 +23,8 @@ import torch
 from smplx.utils import Struct
 from poselift.core.errors import UserError
 
+from .smpl_lbs import lbs_rotmat
+
 __all__ = [
     "SMPL_KEYS", "SPIN_JOINT_MAP", "BodyModelError", "find_body_model_file",
     "load_body_model_arrays", "convert_smpl_pkl_to_npz", "load_extra_regressor",
@@ -298,11 +300,15 @@ class SPINSMPL(smplx.SMPL):
 
     def forward(self, betas: torch.Tensor, rotmat: torch.Tensor) -> SMPLOutput49:  # type: ignore[override]
         """betas (B, 10), rotmat (B, 24, 3, 3) -> vertices (B, V, 3), joints (B, 49, 3)."""
-        out = super().forward(betas=betas, body_pose=rotmat[:, 1:],
-                              global_orient=rotmat[:, 0].unsqueeze(1), pose2rot=False)
-        extra = torch.einsum("bik,ji->bjk", out.vertices, self.J_regressor_extra)
-        joints = torch.cat([out.joints, extra], dim=1)[:, self.joint_map]
-        return SMPLOutput49(out.vertices, joints)
+        # smplx.SMPL.forward's steps, with the skinning of smpl_lbs (same numbers, faster).
+        verts, joints = lbs_rotmat(betas, rotmat, self.v_template, self.shapedirs, self.posedirs,
+                                   self.J_regressor, self.parents, self.lbs_weights)
+        joints = self.vertex_joint_selector(verts, joints)
+        if self.joint_mapper is not None:
+            joints = self.joint_mapper(joints)
+        extra = torch.einsum("bik,ji->bjk", verts, self.J_regressor_extra)
+        joints = torch.cat([joints, extra], dim=1)[:, self.joint_map]
+        return SMPLOutput49(verts, joints)
 
 
 def build_spin_smpl(body_model_dir: str | Path, gender: str = "neutral") -> SPINSMPL:

@@ -93,12 +93,16 @@ class Regressor(nn.Module):
             pose = self.decpose(xc) + pose
             shape = self.decshape(xc) + shape
             cam = self.deccam(xc) + cam
-        rotmat = rot6d_to_rotmat(pose).view(b, 24, 3, 3)
-        verts, joints = self.smpl(shape, rotmat)
-        if J_regressor is not None:
-            reg = J_regressor.to(verts)[None].expand(b, -1, -1)
-            joints = torch.matmul(reg, verts)[:, list(H36M_TO_J14)]
-        kp_2d = weak_perspective_projection(joints, cam)
-        aa = rotmat_to_axis_angle(rotmat.reshape(-1, 3, 3)).reshape(b, 72)
+        # Body model and geometry in float32 even under autocast: products of rotations along
+        # the kinematic chain lose millimetres in bf16; the MLP above is where the FLOPs are.
+        with torch.autocast(x.device.type, enabled=False):
+            pose, shape, cam = pose.float(), shape.float(), cam.float()
+            rotmat = rot6d_to_rotmat(pose).view(b, 24, 3, 3)
+            verts, joints = self.smpl(shape, rotmat)
+            if J_regressor is not None:
+                reg = J_regressor.to(verts)[None].expand(b, -1, -1)
+                joints = torch.matmul(reg, verts)[:, list(H36M_TO_J14)]
+            kp_2d = weak_perspective_projection(joints, cam)
+            aa = rotmat_to_axis_angle(rotmat.reshape(-1, 3, 3)).reshape(b, 72)
         return {"theta": torch.cat([cam, aa, shape], dim=1), "verts": verts, "kp_2d": kp_2d,
                 "kp_3d": joints, "rotmat": rotmat}

@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from poselift.core.compile import maybe_compile
 from poselift.core.device import resolve_device
+from poselift.core.optim import make_adam
+from poselift.core.precision import resolve_precision
 from poselift.core.progress import progress_bar
 from poselift.datasets.cache import CacheError
 
@@ -90,7 +93,9 @@ class TCMRConfig:
     # run
     seed: int = 1
     device: str = "auto"
-    amp: bool = True                                     # CUDA only
+    amp: bool = True                                     # CUDA: precision fp32 -> auto (AMP)
+    precision: str = "fp32"                                 # fp32 | bf16 | fp16 | auto (poselift.core.precision)
+    compile: bool = False                                   # torch.compile the model (eager fallback)
     num_threads: int = 0
     num_workers: int = 0
     progress: bool = True
@@ -248,8 +253,9 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     start_run(cfg, out, ctx)
     device = ctx.device
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    # ``amp`` (default on) keeps the earlier CUDA behaviour: fp32 there means AMP (auto).
+    prec = resolve_precision("auto" if cfg.amp and device.type == "cuda" and cfg.precision == "fp32"
+                             else cfg.precision, device).apply()
     seed_everything(cfg.seed)
 
     stride = tcmr_stride(cfg.overlap)
@@ -277,14 +283,14 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
     if ctx.enabled:  # same init everywhere (DDP broadcasts rank 0's), own dropout stream per rank
         torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     # No BatchNorm in TCMR, and SMPL buffers are constants: nothing to broadcast per step.
-    step_model = wrap_ddp(model, ctx, broadcast_buffers=False)
+    step_model = maybe_compile(wrap_ddp(model, ctx, broadcast_buffers=False), cfg.compile)
     j_reg = h36m_regressor(cfg.body_model_dir, model.regressor.smpl.v_template.shape[0]) \
         if PROTOCOLS[cfg.val_protocol].h36m_regressor else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     loss_fn = TCMRLoss(TCMRLossWeights(cfg.w_kp_2d, cfg.w_kp_3d, cfg.w_pose, cfg.w_shape))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = prec.grad_scaler()
 
     fingerprints = {f"{s.name}/{c}": getattr(s, c).content_fingerprint
                     for s in src_2d + src_3d + [val_src] for c in ("features", "labels")}
@@ -321,7 +327,7 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
             data_time += time.perf_counter() - td
             n2 = int(b["n_2d"])
             x = b["features"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            with prec.autocast():
                 pred = step_model(x, is_train=True)
             pred = {k: pred[k].float() for k in ("kp_2d", "kp_3d", "theta")}
             kp2d = _rep3(b["kp_2d"].to(device))
@@ -357,7 +363,8 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
                "val_pve_mm": val.get("pve", {}).get("mean"),
                "lr": optimizer.param_groups[0]["lr"], "seconds": train_s,
                "data_fraction": data_time / max(train_s, 1e-9),
-               "steps_per_s": len(steps) / max(train_s, 1e-9), "world_size": ctx.world_size}
+               "steps_per_s": len(steps) / max(train_s, 1e-9), "world_size": ctx.world_size,
+               "precision": prec.name}
         history.append(rec)
         rngs = rng_extra(ctx)
         is_best = pa < best
@@ -366,7 +373,7 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
             continue
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}))
         extra = {"scheduler": scheduler.state_dict(), "history": history, "best": best, **rngs,
-                 "val_protocol": cfg.val_protocol, "init": init_info}
+                 "val_protocol": cfg.val_protocol, "init": init_info, "precision": prec.record()}
         sd = {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
         ck_kw = dict(model_name="tcmr", model_args=model_args, state_dict=sd,
                      config=config_to_dict(cfg), cache_fingerprints=fingerprints,

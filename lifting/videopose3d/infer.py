@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from poselift.core.precision import resolve_precision
+
 __all__ = ["predict_sequence", "flip_joints"]
 
 
@@ -23,7 +25,7 @@ def flip_joints(x: np.ndarray | torch.Tensor, perm: np.ndarray) -> np.ndarray | 
 @torch.inference_mode()
 def predict_sequence(model: torch.nn.Module, kp2d: np.ndarray, *, pad: int, causal_shift: int = 0,
                      flip_in: np.ndarray | None = None, flip_out: np.ndarray | None = None,
-                     device: str | torch.device = "cpu") -> np.ndarray:
+                     device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
     """Predict every frame of one sequence.
 
     Args:
@@ -32,6 +34,8 @@ def predict_sequence(model: torch.nn.Module, kp2d: np.ndarray, *, pad: int, caus
         pad: (RF - 1) // 2; causal_shift: ``pad`` for causal models, else 0.
         flip_in / flip_out: left/right permutations of the input / output joint sets;
             both given -> flip test-time augmentation.
+        precision: fp32 | bf16 | fp16 | auto (``poselift.core.precision``); the output is
+            float32 either way.
     Returns:
         (T, J_out, 3) float32.
     """
@@ -41,7 +45,8 @@ def predict_sequence(model: torch.nn.Module, kp2d: np.ndarray, *, pad: int, caus
     if tta:
         batch.append(flip_joints(x, flip_in))
     inp = torch.from_numpy(np.stack(batch).astype(np.float32)).to(device, non_blocking=True)
-    out = model(inp)
+    with resolve_precision(precision, inp.device).autocast():
+        out = model(inp).float()
     if tta:
         out = torch.stack([out[0], flip_joints(out[1], flip_out)]).mean(0, keepdim=True)
     pred = out[0].float().cpu().numpy()

@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from poselift.core.compile import maybe_compile
 from poselift.core.device import resolve_device
+from poselift.core.optim import make_adam
+from poselift.core.precision import resolve_precision
 from poselift.core.progress import progress_bar
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation.metrics import mpjpe
@@ -127,11 +130,11 @@ def _train_step(batch: dict[str, torch.Tensor], unl: dict[str, torch.Tensor] | N
     n_lab = x.shape[0]
     if unl is not None:
         x = torch.cat([x, unl["kp2d"].to(device, non_blocking=True)])
-    pred = model(x)
+    pred = model(x).float()  # losses in float32 under autocast
     loss_pos = mpjpe_loss(pred[:n_lab][valid], y[valid])
     loss, parts = loss_pos, {"pos": float(loss_pos.detach())}
     if traj_model is not None:
-        traj_pred = traj_model(x)
+        traj_pred = traj_model(x).float()
         traj = batch["traj"].to(device, non_blocking=True)
         w = 1.0 / traj[..., 2].clamp_min(1e-3)  # far subjects count less
         loss_traj = weighted_mpjpe_loss(traj_pred[:n_lab][valid], traj[valid], w[valid])
@@ -213,6 +216,7 @@ def train_lifter(cfg: LiftConfig, resume: bool = True, *, sync_bn: bool = True) 
 def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: Path) -> dict[str, Any]:
     start_run(cfg, out, ctx)
     device = ctx.device
+    prec = resolve_precision(cfg.precision, device).apply()
     seed_everything(cfg.seed)
 
     train, test = _open_splits(cfg)
@@ -242,7 +246,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             model_train = _sync_bn_trainer(model_train)
             traj_train = _sync_bn_trainer(traj_train) if traj_train is not None else None
     params = list(model_train.parameters()) + (list(traj_train.parameters()) if traj_train else [])
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, amsgrad=True)
+    optimizer = make_adam(params, lr=cfg.lr, amsgrad=True)  # fused kernel where torch has one
+    scaler = prec.grad_scaler()
     models = [m for m in (model_train, traj_train) if m is not None]
     for m in models:
         m.to(device)
@@ -250,6 +255,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     # rank 0's running statistics are broadcast (torch's default, as DistributedSampler users get).
     step_train = wrap_ddp(model_train, ctx, broadcast_buffers=not sync_bn)
     step_traj = wrap_ddp(traj_train, ctx, broadcast_buffers=not sync_bn) if traj_train is not None else None
+    step_train = maybe_compile(step_train, cfg.compile)
 
     fingerprints = {"gt_cache": train.gt.content_fingerprint, "keypoints_cache": train.kp.content_fingerprint}
     data_info = {"dataset": train.gt.header.dataset, "joints_in": train.joints_in,
@@ -297,7 +303,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
                 # The stream advances every step (also in warm-up) as the reference's zip does.
                 unl = unlabeled.next_batch() if semi_on else unlabeled.skip()
             data_time += time.perf_counter() - td
-            loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
+            with prec.autocast():
+                loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
             if not bool(torch.isfinite(loss.detach())):  # before the step: `last` stays good
                 seqs = sorted({ds.ids[int(i)] for i in batch["seq"].tolist()})
                 raise RuntimeError(f"non-finite training loss {parts} at epoch {epoch + 1}, step "
@@ -305,8 +312,9 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
                                    f"{b0}..{b0 + len(batch['seq']) - 1} (sequences {seqs[:5]}); "
                                    f"{last} was not overwritten")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             n = len(batch["kp2d"])
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * n
@@ -323,7 +331,7 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             sums = tot
         rec = {"epoch": epoch + 1, "train_mpjpe_mm": sums.get("pos", 0.0) / max(n_seen, 1) * 1000,
                "seconds": seconds, "data_seconds": data_time,
-               "examples_per_s": n_seen / max(seconds, 1e-9)}
+               "examples_per_s": n_seen / max(seconds, 1e-9), "precision": prec.name}
         if "traj" in sums:
             rec["train_traj_mm"] = sums["traj"] / max(n_seen, 1) * 1000
         if "proj_2d" in sums:  # normalised screen units x 1000, as the reference prints
@@ -341,7 +349,8 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
         if not ctx.is_main:
             continue
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}))
-        extra = {"lr": lr, "history": history, **rngs, **data_info, "world_size": ctx.world_size,
+        extra = {"lr": lr, "history": history, "precision": prec.record(), **rngs, **data_info,
+                 "world_size": ctx.world_size,
                  "traj_state_dict": traj_train.state_dict() if traj_train is not None else None,
                  "traj_args": traj_eval.constructor_args() if traj_eval is not None else None,
                  "unlabeled_stream": unlabeled.state_dict() if unlabeled is not None else None,
@@ -355,5 +364,6 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
     summary = {"out_dir": str(out), "checkpoint": str(last), "epochs": cfg.epochs, "history": history,
                "receptive_field": model_eval.receptive_field(),
                "parameters": sum(p.numel() for p in model_eval.parameters()),
-               "semi_supervised": unlabeled is not None, "init": init_info, **data_info}
+               "semi_supervised": unlabeled is not None, "init": init_info,
+               "precision": prec.record(), **data_info}
     return finish_run(out, summary, ctx)
