@@ -9,8 +9,8 @@ import torch
 from poselift.core import precision as P
 from poselift.core.compile import MaybeCompiled, maybe_compile
 from poselift.core.optim import adam_impl, make_adam
-from poselift.lifting.losses import mpjpe_loss
-from poselift.lifting.temporal_conv import TemporalModel, TemporalModelOptimized1f
+from poselift.lifting.videopose3d.losses import mpjpe_loss
+from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelOptimized1f
 
 
 @pytest.mark.parametrize("flags, expect", [

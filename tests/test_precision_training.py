@@ -12,13 +12,13 @@ import torch
 from poselift.datasets.importers.videopose3d import import_videopose3d
 from poselift.lifting.checkpoint import load_checkpoint
 from poselift.lifting.config import LiftConfig
-from poselift.lifting.lift_data import LiftData
-from poselift.lifting.lift_eval import load_lifter
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr_ckpt import load_tcmr_state_dict
-from poselift.lifting.tcmr_eval import evaluate_source, h36m_regressor
-from poselift.lifting.tcmr_data import open_source
-from poselift.lifting.tcmr_synthetic import make_tiny_tcmr_caches
+from poselift.lifting.videopose3d.data import LiftData
+from poselift.lifting.videopose3d.eval import load_lifter
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.interop import load_tcmr_state_dict
+from poselift.lifting.tcmr.eval import evaluate_source, h36m_regressor
+from poselift.lifting.tcmr.data import open_source
+from poselift.synthetic.tcmr import make_tiny_tcmr_caches
 from poselift.lifting.videopose3d.train import evaluate_lifter, train_lifter
 from poselift.lifting.tcmr.train import TCMRConfig, build_tcmr, train_tcmr
 

@@ -5,7 +5,8 @@ import smplx
 import torch
 from smplx.lbs import batch_rodrigues
 
-from poselift.lifting.smpl_model import build_spin_smpl, make_synthetic_smpl
+from poselift.lifting.tcmr.smpl_model import build_spin_smpl
+from poselift.synthetic.smpl import make_synthetic_smpl
 
 
 def _smplx_reference(smpl, betas, rot):
