@@ -26,6 +26,9 @@ def add_keypoints_parser(sub: Any) -> None:
                                    "(<video>/track<k>). Resumable. Exit status: 0 ok, 1 some videos "
                                    "failed, 2 bad input.")
     k.add_argument("out", help="output cache file (.h5)")
+    k.add_argument("--results-json", metavar="PATH",
+                   help="also write the whole cache as AlphaPose result JSON (image_id '<frame>.jpg', "
+                        "keypoints, score, box, idx), the format `poselift-evaluate keypoints` reads")
     src = k.add_argument_group("inputs (give --manifest, or --video with --boxes)")
     src.add_argument("--manifest", help="JSON list of sequences (see `poselift-extract features --help`)")
     src.add_argument("--video", help="one video file or image folder")
@@ -180,4 +183,9 @@ def run_keypoints(a: argparse.Namespace) -> int:
     print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
           f"{len(failed)}, no person in {len(res.empty)}; {res.frames} frames of written sequences "
           f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
+    if a.results_json and Path(a.out).exists():
+        from .results_json import write_alphapose_results
+
+        n = write_alphapose_results(a.out, a.results_json)
+        print(f"{a.results_json}: {n} AlphaPose result entries")
     return 1 if failed else 0

@@ -278,3 +278,45 @@ def test_cli_keypoints_from_detection_json(video: Path, tmp_path: Path, capsys) 
     assert main(args[:1] + [str(tmp_path / "o2.h5")] + args[2:]) == 2
     err = capsys.readouterr().err
     assert "duc2.bn.running_mean" in err and "fastpose.pth" in err
+
+
+def test_cli_keypoints_results_json_matches_the_cache(video: Path, tmp_path: Path) -> None:
+    """--results-json writes every valid cache row as one AlphaPose entry: same pixels, scores,
+    boxes (xywh) and track ids, readable by the keypoint evaluator's result loader."""
+    from poselift.evaluation.keypoints2d import load_results
+
+    ckpt = tmp_path / "fastpose.pth"
+    torch.save(tiny_fastpose().state_dict(), ckpt)
+    dets = [{"image_id": f"{i:06d}.jpg", "category_id": 1, "bbox": [30 + 2 * i + dx, 20, 40, 80], "score": 0.9}
+            for i in range(N_FRAMES) for dx in (0, 70)]
+    (tmp_path / "det.json").write_text(json.dumps(dets))
+    out, res = tmp_path / "out.h5", tmp_path / "alphapose-results.json"
+    args = ["keypoints", str(out), "--estimator", "sikr", "--weights", str(ckpt), "--video", str(video),
+            "--boxes", str(tmp_path / "det.json"), "--box-format", "coco", "--input-size", "64", "48",
+            "--workers", "0", "--batch-size", "4", "--no-progress", "--device", "cpu",
+            "--results-json", str(res)]
+    assert main(args) == 0
+    entries = json.loads(res.read_text())
+    by_img = load_results(res)
+    with Cache(out) as c:
+        rows = []
+        for sid in c.ids:
+            valid = c.read(sid, "valid")
+            for i in np.flatnonzero(valid):
+                rows.append((sid, i))
+        assert len(entries) == len(rows) > 0
+        assert sum(len(v) for v in by_img.values()) == len(rows)
+        sid, i = rows[-1]
+        f = int(c.read(sid, "frame_index")[i])
+        kp, sc, box = c.read(sid, "keypoints")[i], c.read(sid, "scores")[i], c.read(sid, "boxes")[i]
+        tid = int(c.read(sid, "track_id")[i])
+    mine = [e for e in by_img[f"{f}.jpg"] if e["idx"] == tid]
+    assert len(mine) == 1
+    e = mine[0]
+    flat = np.asarray(e["keypoints"]).reshape(-1, 3)
+    np.testing.assert_allclose(flat[:, :2], kp, atol=2e-3)
+    np.testing.assert_allclose(flat[:, 2], sc, atol=2e-3)
+    np.testing.assert_allclose(e["box"], [box[0], box[1], box[2] - box[0], box[3] - box[1]], atol=0.02)
+    assert e["category_id"] == 1 and np.isfinite(e["score"])
+    frames = [int(x["image_id"].split(".")[0]) for x in entries]
+    assert frames == sorted(frames)
