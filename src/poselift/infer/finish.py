@@ -7,6 +7,7 @@ every file (empty arrays / lists, a render of the plain frames, a note in the re
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from .sources import VideoInput, read_frames
 __all__ = ["write_outputs"]
 
 log = logging.getLogger(__name__)
+
+
+def _label(t: TrackResult) -> str:
+    """File-name-safe track name: the sequence id without its video prefix."""
+    name = t.seq_id[len(t.video_id) + 1:] if t.seq_id.startswith(t.video_id + "/") else t.seq_id
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or f"track{t.track_id}"
 
 
 def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[TrackResult]],
@@ -40,7 +47,7 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
         write_npz(files["3D poses (npz)"], vt, meta, joint_set_3d)
         write_alphapose_json(files["2D (AlphaPose JSON)"], vt)
         for t in vt:
-            p = d / "tracks" / f"{t.seq_id.split('/', 1)[-1]}.json"
+            p = d / "tracks" / f"{_label(t)}.json"
             write_track_json(p, t, meta)
             files[f"track {t.seq_id}"] = p
         if not vt:
@@ -49,7 +56,7 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
         if o.render:
             t0 = time.perf_counter()
             mp4 = d / "render.mp4"
-            views = [TrackView(t.seq_id.split("/", 1)[-1], t.track_id, t.frames, t.detected, t.boxes, t.kp2d,
+            views = [TrackView(_label(t), t.track_id, t.frames, t.detected, t.boxes, t.kp2d,
                                t.joint_set_2d, to_world_upright(t.joints3d), t.joint_set_3d) for t in vt]
             frames = tqdm(read_frames(v), total=v.n_frames, unit="frame", disable=not o.progress,
                           desc=f"render {v.video_id}")
