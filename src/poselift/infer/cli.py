@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--estimator", default="sikr", choices=["sikr", "famipose"],
                    help="2D estimator run on the tracked boxes (default sikr)")
     g.add_argument("--estimator-weights", help="AlphaPose FastPose .pth (sikr) or FAMI-Pose state (famipose)")
+    g.add_argument("--estimator-input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="override the 2D crop size (default 256 192 for sikr, 384 288 for famipose)")
     g.add_argument("--keypoints", nargs="+", default=[], metavar="FILE",
                    help="skip detection and 2D: AlphaPose result JSON or COCO keypoint JSON (one per video, "
                         "in input order), or one poselift keypoints2d cache (.h5)")
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     o = InferOptions(lifter=a.lifter, detector=a.detector, detector_size=a.detector_size, det_conf=a.det_conf,
                      det_nms=a.det_nms, estimator=a.estimator, estimator_weights=a.estimator_weights,
+                     estimator_input_size=tuple(a.estimator_input_size) if a.estimator_input_size else None,
                      keypoints=list(a.keypoints), lifter_joints_in=a.lifter_joints_in,
                      lifter_joints_out=a.lifter_joints_out, single_person=a.single_person, flip=not a.no_flip,
                      render=not a.no_render, max_panels=a.max_panels, render_height=a.render_height,

@@ -46,6 +46,7 @@ class InferOptions:
     det_nms: float = 0.45
     estimator: str = "sikr"
     estimator_weights: str | None = None
+    estimator_input_size: tuple[int, int] | None = None
     keypoints: list[str] = field(default_factory=list)
     lifter_joints_in: str | None = None
     lifter_joints_out: str | None = None
@@ -106,12 +107,8 @@ def _remove_cache(p: Path) -> None:
 
 
 def _yolox_detector(o: InferOptions, device: str):
-    try:
-        from poselift.extract import load_yolox  # type: ignore[attr-defined]
-        from poselift.extract.detectors.detect import detect_people  # type: ignore[import-not-found]
-    except ImportError:
-        raise InputError("this poselift has no YOLOX detector yet: give the 2D keypoints with "
-                         "--keypoints (AlphaPose / COCO JSON or a poselift keypoint cache)") from None
+    from poselift.extract import detect_people, load_yolox
+
     model = load_yolox(o.detector, trust=o.trust_checkpoint)
 
     def detect(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -156,6 +153,7 @@ def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], devic
         timings["detect_s"] = time.perf_counter() - t
     dets = Cache(det_path, kind="detections")
     est_key = {"estimator": o.estimator, "weights": file_sha256(o.estimator_weights),
+               "input_size": list(o.estimator_input_size or []),
                "detections": dets.content_fingerprint}
     path = run.stage("keypoints", est_key)
     if not path.exists():
@@ -181,7 +179,7 @@ def _estimate_2d(o: InferOptions, dets: Cache, videos: list[VideoInput], path: P
     from .stages import detections_of
 
     ns = argparse.Namespace(estimator=o.estimator, weights=o.estimator_weights, trust_checkpoint=o.trust_checkpoint,
-                            input_size=None, fami_config="release")
+                            input_size=o.estimator_input_size, fami_config="release")
     model, contract, sha = _load_estimator(ns)
     jobs = []
     for v in videos:
