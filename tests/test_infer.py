@@ -212,3 +212,18 @@ def test_report_opens_in_headless_chromium(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count('class="track"') == 2 and "<video" in dom.stdout and "<svg" in dom.stdout
+
+
+def test_cli_summary_and_joint_set_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from poselift.cli import main as umbrella
+
+    clip, entries = _write_clip(tmp_path, "crossing", 6)
+    (tmp_path / "ap.json").write_text(json.dumps(entries))
+    args = [str(clip), "--out", str(tmp_path / "out"), "--keypoints", str(tmp_path / "ap.json"), "--no-progress",
+            "--render-height", "64"]
+    assert umbrella(["infer", *args, "--lifter", str(_lifter(tmp_path / "l.bin"))]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("poselift infer: 2 track(s)") and "report.html" in line and "render.mp4" in line
+    assert umbrella(["infer", *args, "--lifter", str(_lifter(tmp_path / "he.bin", j_in=15))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'coco17'" in err and "'humaneva15'" in err

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
 from poselift.datasets.cache.writer import partial_dir
@@ -258,16 +259,16 @@ def _lift_stage(o: InferOptions, run: _Run, kp_path: Path, videos: list[VideoInp
                   f"({rf}): edge-padded" for t in results[v.video_id] if len(t["frame_index"]) < rf]
     # A finalised cache with this stage's settings is complete: nothing to redo (and not rewritten).
     with (_null() if path.exists() else CacheWriter(path, header, allow_nonfinite=True)) as w:
-        for v in videos:
-            for t in results[v.video_id] if w is not None else ():
-                sid = t["seq_id"]
-                if not w.has(sid):
-                    pose = lift_track(lifter, t["keypoints"], t["valid"], js2d, v.size, flip=o.flip, device=device)
-                    w.write_sequence(sid, {"joints_3d": pose, "frame_index": t["frame_index"].astype(np.int64),
-                                           "valid": t["valid"].astype(bool), "keypoints_2d": t["keypoints"],
-                                           "scores_2d": t["scores"], "boxes": t["boxes"].astype(np.float32)},
-                                     {"video_id": v.video_id, "track_id": t["track_id"]})
-                    t["pose"] = pose
+        todo = [(v, t) for v in videos for t in results[v.video_id]] if w is not None else []
+        for v, t in tqdm(todo, desc="lift", unit="track", disable=not o.progress):
+            sid = t["seq_id"]
+            if not w.has(sid):
+                pose = lift_track(lifter, t["keypoints"], t["valid"], js2d, v.size, flip=o.flip, device=device)
+                w.write_sequence(sid, {"joints_3d": pose, "frame_index": t["frame_index"].astype(np.int64),
+                                       "valid": t["valid"].astype(bool), "keypoints_2d": t["keypoints"],
+                                       "scores_2d": t["scores"], "boxes": t["boxes"].astype(np.float32)},
+                                 {"video_id": v.video_id, "track_id": t["track_id"]})
+                t["pose"] = pose
     cache = Cache(path, kind="predictions")
     out: dict[str, list[TrackResult]] = {}
     for vid, tracks in results.items():

@@ -96,8 +96,10 @@ def write_report(path: Path, *, videos: list[dict[str, Any]], settings: dict[str
         for t in v["tracks"]:
             out.append(f'<h3 class="track">{html.escape(t.seq_id)}</h3>')
             height = t.joints3d[..., 1].max(-1) - t.joints3d[..., 1].min(-1)
-            out.append(_svg_lines({"root depth z": (t.frames, t.joints3d[:, 0, 2]),
-                                   "body height": (t.frames, height)}, "3D", "m"))
+            series = {"body height (y extent)": (t.frames, height)}
+            if not t.root_relative:  # with a trajectory model the root's depth is a prediction too
+                series["root depth z"] = (t.frames, t.joints3d[:, 0, 2])
+            out.append(_svg_lines(series, "3D", "m"))
             sc = np.where(t.detected, t.scores2d.mean(-1), np.nan)
             out.append(_svg_lines({"mean keypoint score": (t.frames, sc)}, "2D confidence", "1"))
         files = v.get("files") or {}
