@@ -31,27 +31,41 @@ log = logging.getLogger(__name__)
 
 def assign_tracks(frame: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None,
                   scores: np.ndarray | None = None, *, iou: float = 0.3, max_age: int = 30) -> np.ndarray:
-    """Track ids for flat person rows sorted by frame: (N,) frame, (N, 4) boxes -> (N,) ids.
+    """Track ids for flat person rows sorted by frame: (N,) frame, (N, 4) boxes, optional (N, J, 2)
+    keypoints with (N, J) scores -> (N,) ids, -1 for a row in no confirmed track.
 
-    Uses ``poselift.extract.tracking.track_people`` (IoU + OKS) when that module exists,
-    else the Hungarian IoU tracker of :mod:`poselift.extract.detections`."""
-    try:
-        from poselift.extract import tracking  # type: ignore[attr-defined]
-    except ImportError:
-        tracking = None
-    if tracking is not None and hasattr(tracking, "track_flat"):
-        return np.asarray(tracking.track_flat(frame, boxes, keypoints, scores), np.int64)
+    Uses ``poselift.extract.tracking.track_people`` (IoU + OKS, birth after a few hits) when that
+    module exists, else the Hungarian IoU tracker of :mod:`poselift.extract.detections`."""
+    frame = np.asarray(frame, np.int64)
     ids = np.full(len(frame), -1, np.int64)
+    if not len(frame):
+        return ids
+    try:
+        from poselift.extract.tracking import track_people  # type: ignore[import-not-found]
+    except ImportError:
+        track_people = None
+    if track_people is not None:
+        rows = [np.flatnonzero(frame == f) for f in range(int(frame.max()) + 1)]  # empty frames age tracks
+        kp = None
+        if keypoints is not None:
+            conf = scores if scores is not None else np.ones(keypoints.shape[:2], np.float32)
+            kp3 = np.concatenate([keypoints, conf[..., None]], -1).astype(np.float32)
+            kp = [kp3[r] for r in rows]
+        res = track_people([boxes[r] for r in rows], kp)
+        for f, r in enumerate(rows):
+            ids[r] = res.track_ids[f]
+        return ids
     tr = IoUTracker(iou, max_age)
     for f in np.unique(frame):
-        rows = np.flatnonzero(frame == f)
-        ids[rows] = tr.update(int(f), boxes[rows])
+        r = np.flatnonzero(frame == f)
+        ids[r] = tr.update(int(f), boxes[r])
     return ids
 
 
 def detections_of(cache: Cache, video_id: str) -> dict[str, np.ndarray]:
     """The valid rows of one video in a detections cache."""
     valid = cache.read(video_id, "valid")
+    valid &= cache.read(video_id, "track_id") >= 0  # rows in no confirmed track are not estimated
     return {k: cache.read(video_id, k)[valid] for k in ("boxes", "score", "frame_index", "track_id")}
 
 
@@ -122,7 +136,7 @@ def write_2d_cache(path: Path, per_video: dict[str, Person2D], videos: list[Vide
             if not len(p.frame):
                 continue
             tid = p.track if (p.track >= 0).all() else assign_tracks(p.frame, p.boxes, p.keypoints, p.scores)
-            for t in np.unique(tid):
+            for t in np.unique(tid[tid >= 0]):
                 sid = f"{v.video_id}/track{int(t)}"
                 if w.has(sid):
                     continue
