@@ -50,6 +50,8 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             p = d / "tracks" / f"{_label(t)}.json"
             write_track_json(p, t, meta)
             files[f"track {t.seq_id}"] = p
+        if (d / "tracks.png").exists():  # written by the tracking stage when it ran here
+            files["tracks over time (PNG)"] = d / "tracks.png"
         if not vt:
             notes.append(f"{v.video_id}: no person found in any frame: outputs written empty, nothing lifted")
         mp4 = None

@@ -103,6 +103,10 @@ def write_report(path: Path, *, videos: list[dict[str, Any]], settings: dict[str
             sc = np.where(t.detected, t.scores2d.mean(-1), np.nan)
             out.append(_svg_lines({"mean keypoint score": (t.frames, sc)}, "2D confidence", "1"))
         files = v.get("files") or {}
+        for p in files.values():
+            if Path(p).suffix == ".png" and Path(p).exists():
+                out.append(f'<img alt="tracks over time" src="data:image/png;base64,'
+                           f'{base64.b64encode(Path(p).read_bytes()).decode()}">')
         if files:
             out.append("<ul>" + "".join(f'<li>{html.escape(k)}: <a href="{html.escape(str(Path(p).relative_to(path.parent)))}">'
                                         f"{html.escape(Path(p).name)}</a></li>" for k, p in files.items()) + "</ul>")
