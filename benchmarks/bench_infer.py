@@ -50,7 +50,7 @@ def make_yolox(path: Path, size: str) -> None:
             m.head.obj_preds[k].bias.fill_(10.0 if k == 2 else -10.0)
             m.head.cls_preds[k].bias.fill_(-10.0)
             m.head.cls_preds[k].bias[0] = 10.0
-            m.head.reg_preds[k].bias.copy_(torch.tensor([0.0, 0.0, math.log(4), math.log(8)]))
+            m.head.reg_preds[k].bias.copy_(torch.tensor([0.0, 0.0, math.log(26), math.log(26)]))
     torch.save({"model": m.state_dict()}, path)
 
 
