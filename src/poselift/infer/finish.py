@@ -55,6 +55,7 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
         if not vt:
             notes.append(f"{v.video_id}: no person found in any frame: outputs written empty, nothing lifted")
         mp4 = None
+        (d / "render.mp4").unlink(missing_ok=True)  # never leave a render of another run's poses
         if o.render:
             t0 = time.perf_counter()
             mp4 = d / "render.mp4"
