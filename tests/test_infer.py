@@ -227,3 +227,16 @@ def test_cli_summary_and_joint_set_mismatch(tmp_path: Path, capsys: pytest.Captu
     assert umbrella(["infer", *args, "--lifter", str(_lifter(tmp_path / "he.bin", j_in=15))]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'coco17'" in err and "'humaneva15'" in err
+
+
+def test_render_view_is_upright_with_feet_on_the_ground() -> None:
+    from poselift.infer.render import to_world_upright
+
+    # An upright H36M-17 person 4 m in front of a level camera (camera y points down).
+    pose = np.zeros((2, 17, 3))
+    pose[..., 2] = 4.0
+    pose[:, 10, 1] = -0.8   # head
+    pose[:, [3, 6], 1] = 0.9  # ankles
+    world = to_world_upright(pose)
+    assert abs(world[..., 2].min()) < 1e-9
+    assert world[0, 10, 2] - world[0, 3, 2] > 1.5  # the head is 1.7 m above the ankles, give or take the tilt
