@@ -14,7 +14,7 @@ import numpy as np
 __all__ = [
     "JointSet", "JOINT_SETS", "get_joint_set", "conversion_matrix", "convert",
     "flip_permutation", "H36M17", "HUMANEVA15", "COCO17", "MPII16", "HALPE26", "SMPL24",
-    "H36M32_TO_17",
+    "H36M32_TO_17", "COCO17_SIGMAS",
 ]
 
 
@@ -96,6 +96,11 @@ COCO17 = JointSet(
     right=(2, 4, 6, 8, 10, 12, 14, 16),
     aliases=("coco",),
 )
+
+# Per-keypoint OKS falloff of the COCO keypoint evaluation (cocoapi ``COCOeval.kpt_oks_sigmas``),
+# in COCO17 order; OKS uses k = 2 * sigma and the object's area as the squared scale.
+COCO17_SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,
+                          1.07, 1.07, 0.87, 0.87, 0.89, 0.89]) / 10.0
 
 MPII16 = JointSet(
     name="mpii16",

@@ -158,6 +158,8 @@ def test_detect_people_rescales_to_frame_pixels_and_keeps_persons():
     assert np.allclose(res[4].boxes, [[20 / 1.28, 15 / 1.28, 40 / 1.28, 25 / 1.28]], rtol=1e-6)
     assert res[0].scores == pytest.approx([0.72])
     assert all(len(r) == 0 for r in detect_people(frames, _FixedOutputs(), min_score=0.8))
+    with pytest.raises(ValueError, match="frame 4: yolox_preprocess: expected uint8"):
+        detect_people(frames[:4] + [np.zeros((8, 8, 3), np.float32)], _FixedOutputs(), batch_size=3)
 
 
 def test_detect_people_real_model_agrees_with_manual_chain():

@@ -80,7 +80,13 @@ def detect_people(frames: Iterable[np.ndarray], model: YOLOX, *, size: int | Non
     use_amp = bool(amp) and dev.type == "cuda"
     out: list[FrameBoxes] = []
     for batch in _batches(frames, batch_size):
-        tensors, ratios = zip(*(yolox_preprocess(f, s) for f in batch))
+        prepared = []
+        for i, f in enumerate(batch):
+            try:
+                prepared.append(yolox_preprocess(f, s))
+            except ValueError as e:
+                raise ValueError(f"detect_people: frame {len(out) + i}: {e}") from None
+        tensors, ratios = zip(*prepared)
         x = torch.stack(tensors).to(dev, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             raw = model(x)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -61,6 +60,8 @@ def yolox_preprocess(frame_bgr: np.ndarray, size: int | Sequence[int]) -> tuple[
         raise ValueError(f"yolox_preprocess: expected an (H, W, 3) BGR frame, got shape {img.shape}")
     if img.dtype != np.uint8:
         raise ValueError(f"yolox_preprocess: expected uint8 pixels, got {img.dtype}")
+    import cv2  # here, not at module level: ``import poselift.extract`` stays light
+
     sh, sw = _size_hw(size)
     h, w = img.shape[:2]
     r = min(sh / h, sw / w)
