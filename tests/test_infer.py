@@ -129,7 +129,9 @@ def test_two_people_crossing_coco_json(tmp_path: Path) -> None:
             panel = f[:, fw + k * 96: fw + (k + 1) * 96].astype(int)
             dark = (np.abs(panel - np.array(PANEL_BG)).sum(-1) > 150).mean()
             assert dark > 0.01, "3D panel is blank"
-    assert Path(res["paths"]["report"]).read_text().count('class="track"') == 2
+    report = Path(res["paths"]["report"]).read_text()
+    assert report.count('class="track"') == 2 and "data:image/png;base64" in report  # the tracks plot
+    assert (tmp_path / "out" / "crossing" / "tracks.png").exists()
 
 
 def test_leave_and_return_interpolates_and_resumes(tmp_path: Path) -> None:

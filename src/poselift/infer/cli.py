@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "in input order), or one poselift keypoints2d cache (.h5)")
     g.add_argument("--single-person", action="store_true",
                    help="VideoPose3D's rule: the best-scoring person of each frame forms one track")
+    g.add_argument("--track-min-hits", type=int, default=3,
+                   help="tracker birth: matched detections before a track gets an id (default 3)")
+    g.add_argument("--track-max-age", type=int, default=30,
+                   help="tracker death: frames a track may go unmatched before it ends (default 30)")
+    g.add_argument("--track-max-gap", type=int, default=10,
+                   help="tracker: longest run of missed frames bridged inside one track (default 10)")
     g.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation in the lifter")
     r = p.add_argument_group("render")
     r.add_argument("--no-render", action="store_true", help="skip the MP4")
@@ -69,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      det_nms=a.det_nms, estimator=a.estimator, estimator_weights=a.estimator_weights,
                      estimator_input_size=tuple(a.estimator_input_size) if a.estimator_input_size else None,
                      keypoints=list(a.keypoints), lifter_joints_in=a.lifter_joints_in,
-                     lifter_joints_out=a.lifter_joints_out, single_person=a.single_person, flip=not a.no_flip,
+                     lifter_joints_out=a.lifter_joints_out, single_person=a.single_person,
+                     track_min_hits=a.track_min_hits, track_max_age=a.track_max_age,
+                     track_max_gap=a.track_max_gap, flip=not a.no_flip,
                      render=not a.no_render, max_panels=a.max_panels, render_height=a.render_height,
                      device=a.device, overwrite=a.overwrite, trust_checkpoint=a.trust_checkpoint,
                      progress=not a.no_progress)

@@ -52,6 +52,9 @@ class InferOptions:
     lifter_joints_in: str | None = None
     lifter_joints_out: str | None = None
     single_person: bool = False
+    track_min_hits: int = 3
+    track_max_age: int = 30
+    track_max_gap: int = 10
     flip: bool = True
     render: bool = True
     max_panels: int = 4
@@ -119,6 +122,11 @@ def _yolox_detector(o: InferOptions, device: str):
     return detect
 
 
+def _tracker(o: InferOptions) -> dict[str, int]:
+    """The tracker's birth / death / gap parameters (``TrackerParams`` fields)."""
+    return {"min_hits": o.track_min_hits, "max_age": o.track_max_age, "max_gap": o.track_max_gap}
+
+
 def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], device: str,
                      timings: dict[str, float]) -> Path:
     from poselift.extract.backbones import file_sha256
@@ -136,16 +144,17 @@ def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], devic
                              f"in the same order")
         digests = {str(p): file_digest(p) for p in given}
         run.stage("detect", {"skipped": "2D given"})
-        path = run.stage("keypoints", {"files": digests})
+        path = run.stage("keypoints", {"files": digests, "tracker": _tracker(o)})
         if not path.exists():
             t = time.perf_counter()
             people = {v.video_id: load_2d_json(p, v.n_frames) for v, p in zip(videos, given)}
-            write_2d_cache(path, people, videos, {"from_files": digests}, fp_inputs)
+            write_2d_cache(path, people, videos, {"from_files": digests, "tracker": _tracker(o)}, fp_inputs)
             timings["keypoints_s"] = time.perf_counter() - t
         return path
     if not o.detector or not o.estimator_weights:
         raise InputError("give --detector and --estimator-weights, or bring the 2D keypoints with --keypoints")
-    det_key = {"detector": file_sha256(o.detector), "size": o.detector_size, "conf": o.det_conf, "nms": o.det_nms}
+    det_key = {"detector": file_sha256(o.detector), "size": o.detector_size, "conf": o.det_conf, "nms": o.det_nms,
+               "tracker": _tracker(o)}
     det_path = run.stage("detect", det_key)
     if not det_path.exists():
         t = time.perf_counter()

@@ -20,7 +20,6 @@ import numpy as np
 from tqdm import tqdm
 
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
-from poselift.extract.detections import IoUTracker
 
 from .sources import Person2D, VideoInput, read_frames
 
@@ -30,42 +29,32 @@ log = logging.getLogger(__name__)
 
 
 def assign_tracks(frame: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None,
-                  scores: np.ndarray | None = None, *, iou: float = 0.3, max_age: int = 30,
+                  scores: np.ndarray | None = None, *, params: dict[str, Any] | None = None,
                   png: Path | None = None) -> np.ndarray:
     """Track ids for flat person rows sorted by frame: (N,) frame, (N, 4) boxes, optional (N, J, 2)
     keypoints with (N, J) scores -> (N,) ids, -1 for a row in no confirmed track.
 
-    Uses ``poselift.extract.tracking.track_people`` (IoU + OKS, birth after a few hits) when that
-    module exists (then ``png`` gets its tracks-over-time plot), else the Hungarian IoU tracker
-    of :mod:`poselift.extract.detections`."""
+    :func:`poselift.extract.tracking.track_people` (box IoU + OKS, birth after ``min_hits``
+    matches, death after ``max_age`` missed frames; ``params`` are its ``TrackerParams``);
+    ``png`` gets its tracks-over-time plot."""
+    from poselift.extract.tracking import TrackerParams, plot_tracks, track_people
+
     frame = np.asarray(frame, np.int64)
     ids = np.full(len(frame), -1, np.int64)
     if not len(frame):
         return ids
-    try:
-        from poselift.extract.tracking import track_people  # type: ignore[import-not-found]
-    except ImportError:
-        track_people = None
-    if track_people is not None:
-        rows = [np.flatnonzero(frame == f) for f in range(int(frame.max()) + 1)]  # empty frames age tracks
-        kp = None
-        if keypoints is not None:
-            conf = scores if scores is not None else np.ones(keypoints.shape[:2], np.float32)
-            kp3 = np.concatenate([keypoints, conf[..., None]], -1).astype(np.float32)
-            kp = [kp3[r] for r in rows]
-        res = track_people([boxes[r] for r in rows], kp)
-        if png is not None:
-            from poselift.extract.tracking import plot_tracks  # type: ignore[import-not-found]
-
-            png.parent.mkdir(parents=True, exist_ok=True)
-            plot_tracks(res, png)
-        for f, r in enumerate(rows):
-            ids[r] = res.track_ids[f]
-        return ids
-    tr = IoUTracker(iou, max_age)
-    for f in np.unique(frame):
-        r = np.flatnonzero(frame == f)
-        ids[r] = tr.update(int(f), boxes[r])
+    rows = [np.flatnonzero(frame == f) for f in range(int(frame.max()) + 1)]  # empty frames age tracks
+    kp = None
+    if keypoints is not None:
+        conf = scores if scores is not None else np.ones(keypoints.shape[:2], np.float32)
+        kp3 = np.concatenate([keypoints, conf[..., None]], -1).astype(np.float32)
+        kp = [kp3[r] for r in rows]
+    res = track_people([boxes[r] for r in rows], kp, params=TrackerParams(**(params or {})))
+    for f, r in enumerate(rows):
+        ids[r] = res.track_ids[f]
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_tracks(res, png)
     return ids
 
 
@@ -109,7 +98,8 @@ def run_detect(videos: list[VideoInput], path: Path, settings: dict[str, Any], f
             fi = np.asarray(rows["frame_index"], np.int64)
             boxes = np.asarray(rows["boxes"], np.float32).reshape(-1, 4)
             if len(fi):
-                tid = assign_tracks(fi, boxes, png=path.parent / v.video_id / "tracks.png")
+                tid = assign_tracks(fi, boxes, params=settings.get("tracker"),
+                                    png=path.parent / v.video_id / "tracks.png")
                 arrays = {"frame_index": fi, "boxes": boxes, "score": np.asarray(rows["score"], np.float32),
                           "track_id": tid, "valid": np.ones(len(fi), bool)}
             else:
@@ -143,7 +133,8 @@ def write_2d_cache(path: Path, per_video: dict[str, Person2D], videos: list[Vide
             if not len(p.frame):
                 continue
             tid = p.track if (p.track >= 0).all() else assign_tracks(
-                p.frame, p.boxes, p.keypoints, p.scores, png=path.parent / v.video_id / "tracks.png")
+                p.frame, p.boxes, p.keypoints, p.scores, params=settings.get("tracker"),
+                png=path.parent / v.video_id / "tracks.png")
             for t in np.unique(tid[tid >= 0]):
                 sid = f"{v.video_id}/track{int(t)}"
                 if w.has(sid):
