@@ -242,3 +242,14 @@ def test_render_view_is_upright_with_feet_on_the_ground() -> None:
     world = to_world_upright(pose)
     assert abs(world[..., 2].min()) < 1e-9
     assert world[0, 10, 2] - world[0, 3, 2] > 1.5  # the head is 1.7 m above the ankles, give or take the tilt
+
+
+def test_person_leaving_and_returning_keeps_one_track_id_without_file_ids(tmp_path: Path) -> None:
+    clip, entries = _write_clip(tmp_path, "leave_return", 30)
+    for e in entries:
+        del e["idx"]  # the tracker has to join the two visits (away 10 frames < max age 30)
+    (tmp_path / "ap.json").write_text(json.dumps(entries))
+    res = run_infer([str(clip)], tmp_path / "out", _opts(_lifter(tmp_path / "l.bin"), [tmp_path / "ap.json"],
+                                                         render=False))
+    z = _npz(res["paths"]["leave_return_frames:npz"])
+    assert z["lengths"].tolist() == [30] and z["detected"].sum() == 20
