@@ -39,6 +39,7 @@ def test_detect_track_2d_lift_from_pixels(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for t in range(6):
         cv2.imwrite(str(frames / f"{t:03d}.png"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    (frames / "003.png").write_bytes(b"\x89PNG truncated")  # a corrupt frame mid-clip: reported, skipped
     torch.manual_seed(0)
     torch.save(FastPose(17, layers=(1, 1, 1, 1)).state_dict(), tmp_path / "fastpose.pth")
     pos = TemporalModel(17, 2, 17, filter_widths=[3], channels=8).eval()
@@ -50,13 +51,14 @@ def test_detect_track_2d_lift_from_pixels(tmp_path: Path) -> None:
     res = run_infer([str(frames)], tmp_path / "out", o)
     det = Cache(tmp_path / "out" / "detections.h5", kind="detections")
     fi = det.read("clip", "frame_index")
-    assert set(fi.tolist()) == set(range(6))  # the same boxes in every frame ...
+    assert set(fi.tolist()) == {0, 1, 2, 4, 5}  # the same boxes in every readable frame ...
     tid = det.read("clip", "track_id")
-    n = len(fi) // 6
-    assert n >= 1 and len(fi) == 6 * n and len(set(tid.tolist())) == n  # ... so n tracks span the clip
+    n = len(fi) // 5
+    assert n >= 1 and len(fi) == 5 * n and len(set(tid.tolist())) == n  # ... so n tracks span the clip
     kp = Cache(tmp_path / "out" / "keypoints2d.h5", kind="keypoints2d")
     assert len(kp) == n and all(kp.info(s).n_frames == 6 for s in kp.ids)
-    assert res["tracks"] == n
+    assert all(kp.read(s, "valid").tolist() == [True, True, True, False, True, True] for s in kp.ids)
+    assert res["tracks"] == n and any("unreadable frame" in m and "[3]" in m for m in res["notes"])
     z = np.load(res["paths"]["clip:npz"])
     assert z["joints_3d"].shape == (6 * n, 17, 3) and np.isfinite(z["joints_3d"]).all()
     cap = cv2.VideoCapture(res["paths"]["clip:mp4"])

@@ -66,10 +66,10 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             render_video(frames, v.n_frames, v.size, views, mp4, v.fps, height=o.render_height,
                          max_panels=o.max_panels)
             t_render += time.perf_counter() - t0
-            if v.corrupt:
-                notes.append(f"{v.path}: {len(v.corrupt)} unreadable frame(s) {v.corrupt[:10]}: reported, "
-                             f"the rest processed")
             paths[f"{v.video_id}:mp4"] = str(mp4)
+        if v.corrupt:
+            notes.append(f"{v.path}: {len(v.corrupt)} unreadable frame(s) {v.corrupt[:10]}: reported, "
+                         f"the rest processed")
         paths[f"{v.video_id}:npz"] = str(files["3D poses (npz)"])
         paths[f"{v.video_id}:alphapose"] = str(files["2D (AlphaPose JSON)"])
         paths[f"{v.video_id}:tracks"] = str(d / "tracks")

@@ -162,6 +162,8 @@ def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], devic
                    progress=o.progress)
         timings["detect_s"] = time.perf_counter() - t
     dets = Cache(det_path, kind="detections")
+    for v in videos:  # frames the detector could not decode, reported even without a render
+        v.corrupt = [int(i) for i in dets.info(v.video_id).attrs.get("corrupt_frames", [])]
     est_key = {"estimator": o.estimator, "weights": file_sha256(o.estimator_weights),
                "input_size": list(o.estimator_input_size or []),
                "detections": dets.content_fingerprint}
