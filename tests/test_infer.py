@@ -226,6 +226,12 @@ def test_cli_summary_and_joint_set_mismatch(tmp_path: Path, capsys: pytest.Captu
     assert umbrella(["infer", *args, "--lifter", str(_lifter(tmp_path / "l.bin"))]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("poselift infer: 2 track(s)") and "report.html" in line and "render.mp4" in line
+    # a --keypoints cache of the wrong kind is one clear line too
+    bad = [str(clip), "--out", str(tmp_path / "o2"), "--keypoints", str(tmp_path / "out" / "poses3d.h5"),
+           "--lifter", str(tmp_path / "l.bin"), "--no-progress"]
+    assert umbrella(["infer", *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "poses3d.h5" in err and "keypoints2d" in err
     assert umbrella(["infer", *args, "--lifter", str(_lifter(tmp_path / "he.bin", j_in=15))]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'coco17'" in err and "'humaneva15'" in err

@@ -81,9 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                      render=not a.no_render, max_panels=a.max_panels, render_height=a.render_height,
                      device=a.device, overwrite=a.overwrite, trust_checkpoint=a.trust_checkpoint,
                      progress=not a.no_progress)
+    from poselift.datasets.cache import CacheError
+    from poselift.extract.video import VideoError
+    from poselift.lifting.checkpoint import CheckpointError
+
     try:
         res = run_infer(a.inputs, a.out, o)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, CacheError, VideoError, CheckpointError) as e:
         print(f"poselift infer: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     print(summary_line(res))

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
 from poselift.datasets.cache.writer import partial_dir
+from poselift.datasets.joints import get_joint_set
 
-from .lift import Lifter, lift_track, load_any_lifter
+from .lift import Lifter, lift_track, load_any_lifter, to_lifter_joints
 from .outputs import TrackResult
 from .sources import InputError, VideoInput, file_digest, list_inputs, load_2d_json
 from .stages import run_detect, write_2d_cache
@@ -258,6 +259,8 @@ def _lift_stage(o: InferOptions, run: _Run, kp_path: Path, videos: list[VideoInp
                 device: str, notes: list[str]) -> dict[str, list[TrackResult]]:
     kp = Cache(kp_path, kind="keypoints2d")
     js2d = kp.header.joint_set or "coco17"
+    k2d = get_joint_set(js2d).num_joints
+    to_lifter_joints(np.zeros((1, k2d, 2)), js2d, lifter.joints_in)  # refuse before touching the cache
     key = {"lifter": lifter.identity, "flip": o.flip, "single_person": o.single_person, "2d": kp.content_fingerprint}
     path = run.stage("lift", key)
     header = CacheHeader(kind="predictions", dataset="custom", joint_set=lifter.joints_out, source=key,
