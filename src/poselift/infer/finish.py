@@ -63,7 +63,7 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
                                t.joint_set_2d, to_world_upright(t.joints3d), t.joint_set_3d) for t in vt]
             frames = tqdm(read_frames(v), total=v.n_frames, unit="frame", disable=not o.progress,
                           desc=f"render {v.video_id}")
-            render_video(frames, v.n_frames, v.size, views, mp4, v.fps, height=o.render_height,
+            render_video(frames, v.size, views, mp4, v.fps, height=o.render_height,
                          max_panels=o.max_panels)
             t_render += time.perf_counter() - t0
             paths[f"{v.video_id}:mp4"] = str(mp4)

@@ -112,7 +112,7 @@ def _draw_2d(img: np.ndarray, view: TrackView, t: int, scale: float, color: tupl
             cv2.line(img, tuple(np.int32(pts[j])), tuple(np.int32(pts[par])), color, 2, cv2.LINE_AA)
 
 
-def render_video(frames: Iterator[tuple[int, np.ndarray | None]], n_frames: int, frame_size: tuple[int, int],
+def render_video(frames: Iterator[tuple[int, np.ndarray | None]], frame_size: tuple[int, int],
                  views: list[TrackView], out: Path, fps: float, *, height: int = 360,
                  max_panels: int = 4) -> dict[str, int]:
     """Write ``out`` (MP4, OpenCV ``mp4v``); one output frame per source frame. Panels go to the
