@@ -121,7 +121,7 @@ def test_two_people_crossing_coco_json(tmp_path: Path) -> None:
     assert np.asarray(doc["keypoints_2d"]).shape == (30, 17, 3) and doc["root_relative"] is True
     # the render: one frame per source frame, frame + 2 panels side by side, 3D panels not blank
     frames = _read_mp4(Path(res["paths"]["crossing:mp4"]))
-    assert len(frames) == 30
+    assert len(frames) == 30 and len(_read_mp4(Path(res["paths"]["crossing:webm"]))) == 30
     fw = int(round(W * 96 / H)) // 2 * 2
     assert frames[0].shape == (96, fw + 2 * 96, 3)
     for f in frames[::7]:
@@ -213,7 +213,19 @@ def test_report_opens_in_headless_chromium(tmp_path: Path) -> None:
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", report.as_uri()],
                          capture_output=True, text=True, timeout=60)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count('class="track"') == 2 and "<video" in dom.stdout and "<svg" in dom.stdout
+    assert dom.stdout.count('class="track"') == 2 and "<svg" in dom.stdout
+    assert 'src="data:video/webm;base64,' in dom.stdout
+    # the browser decodes the report's video: a probe page reports the decoded frame size
+    webm = Path(res["paths"]["crossing_frames:webm"])
+    probe = tmp_path / "probe.html"
+    probe.write_text(f'<video id="v" muted src="{webm.resolve().as_uri()}"></video><script>'
+                     'v.addEventListener("loadeddata", () => document.title = "size " + v.videoWidth + "x" '
+                     '+ v.videoHeight); v.addEventListener("error", () => document.title = "error");</script>')
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=60)
+    w = int(round(W * 96 / H)) // 2 * 2 + 2 * 96
+    assert f"<title>size {w}x96</title>" in dom.stdout, dom.stdout[-500:]
 
 
 def test_cli_summary_and_joint_set_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -54,8 +54,9 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             files["tracks over time (PNG)"] = d / "tracks.png"
         if not vt:
             notes.append(f"{v.video_id}: no person found in any frame: outputs written empty, nothing lifted")
-        mp4 = None
-        (d / "render.mp4").unlink(missing_ok=True)  # never leave a render of another run's poses
+        mp4 = web = None
+        for old in ("render.mp4", "render.webm"):  # never leave a render of another run's poses
+            (d / old).unlink(missing_ok=True)
         if o.render:
             t0 = time.perf_counter()
             mp4 = d / "render.mp4"
@@ -63,10 +64,12 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
                                t.joint_set_2d, to_world_upright(t.joints3d), t.joint_set_3d) for t in vt]
             frames = tqdm(read_frames(v), total=v.n_frames, unit="frame", disable=not o.progress,
                           desc=f"render {v.video_id}")
-            render_video(frames, v.size, views, mp4, v.fps, height=o.render_height,
-                         max_panels=o.max_panels)
+            web = render_video(frames, v.size, views, mp4, v.fps, height=o.render_height,
+                               max_panels=o.max_panels, preview=d / "render.webm")["preview"]
             t_render += time.perf_counter() - t0
             paths[f"{v.video_id}:mp4"] = str(mp4)
+            if web is not None:
+                paths[f"{v.video_id}:webm"] = str(web)
         if v.corrupt:
             notes.append(f"{v.path}: {len(v.corrupt)} unreadable frame(s) {v.corrupt[:10]}: reported, "
                          f"the rest processed")
@@ -74,7 +77,7 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
         paths[f"{v.video_id}:alphapose"] = str(files["2D (AlphaPose JSON)"])
         paths[f"{v.video_id}:tracks"] = str(d / "tracks")
         pages.append({"video_id": v.video_id, "fps": v.fps, "n_frames": v.n_frames, "image_size": v.size,
-                      "corrupt": list(v.corrupt), "mp4": mp4, "tracks": vt, "files": files})
+                      "corrupt": list(v.corrupt), "mp4": mp4, "webm": web, "tracks": vt, "files": files})
     if o.render:
         timings["render_s"] = t_render
     for n in notes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -114,9 +114,12 @@ def _draw_2d(img: np.ndarray, view: TrackView, t: int, scale: float, color: tupl
 
 def render_video(frames: Iterator[tuple[int, np.ndarray | None]], frame_size: tuple[int, int],
                  views: list[TrackView], out: Path, fps: float, *, height: int = 360,
-                 max_panels: int = 4) -> dict[str, int]:
+                 max_panels: int = 4, preview: Path | None = None) -> dict[str, Any]:
     """Write ``out`` (MP4, OpenCV ``mp4v``); one output frame per source frame. Panels go to the
-    ``max_panels`` tracks with the most frames. Returns {"frames", "width", "height"}."""
+    ``max_panels`` tracks with the most frames. ``preview``: the same frames as VP8 WebM, which
+    browsers play (none plays MPEG-4 part 2, the only MP4 codec OpenCV's wheels can write);
+    skipped (``"preview": None``) where this OpenCV cannot write WebM.
+    Returns {"frames", "width", "height", "frame_width", "panels", "preview"}."""
     w0, h0 = frame_size
     scale = height / h0
     fw = int(round(w0 * scale)) // 2 * 2
@@ -125,6 +128,11 @@ def render_video(frames: Iterator[tuple[int, np.ndarray | None]], frame_size: tu
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), float(fps or 25.0), (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"{out}: OpenCV cannot open an MP4 writer (mp4v) here")
+    web = None
+    if preview is not None:
+        web = cv2.VideoWriter(str(preview), cv2.VideoWriter_fourcc(*"VP80"), float(fps or 25.0), (width, height))
+        if not web.isOpened():
+            web, preview = None, None
     pos = {id(v): {int(f): i for i, f in enumerate(v.frames)} for v in views}
     color = {id(v): _COLORS[k % len(_COLORS)] for k, v in enumerate(views)}
     written = 0
@@ -148,7 +156,12 @@ def render_video(frames: Iterator[tuple[int, np.ndarray | None]], frame_size: tu
             for k, v in enumerate(panels):
                 canvas[:, fw + k * height: fw + (k + 1) * height] = _panel(v, pos[id(v)].get(i), height, color[id(v)])
             writer.write(canvas)
+            if web is not None:
+                web.write(canvas)
             written += 1
     finally:
         writer.release()
-    return {"frames": written, "width": width, "height": height, "frame_width": fw, "panels": len(panels)}
+        if web is not None:
+            web.release()
+    return {"frames": written, "width": width, "height": height, "frame_width": fw, "panels": len(panels),
+            "preview": preview}

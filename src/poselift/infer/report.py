@@ -60,7 +60,7 @@ def _track_stats(t: TrackResult, fps: float) -> dict[str, Any]:
 
 def write_report(path: Path, *, videos: list[dict[str, Any]], settings: dict[str, Any],
                  notes: list[str]) -> None:
-    """``videos``: [{"video_id", "fps", "n_frames", "image_size", "corrupt", "mp4" (Path or None),
+    """``videos``: [{"video_id", "fps", "n_frames", "image_size", "corrupt", "mp4" / "webm" (Path or None),
     "tracks": [TrackResult], "files": {label: Path}}]."""
     out = ['<!DOCTYPE html><html><head><meta charset="utf-8"><title>poselift infer report</title>',
            "<style>body{font-family:sans-serif;margin:20px;max-width:1200px}table{border-collapse:collapse}"
@@ -78,12 +78,17 @@ def write_report(path: Path, *, videos: list[dict[str, Any]], settings: dict[str
         if v.get("corrupt"):
             out.append(f'<p class="note">unreadable frames (skipped): {v["corrupt"][:20]}'
                        f'{" …" if len(v["corrupt"]) > 20 else ""}</p>')
-        mp4 = v.get("mp4")
-        if mp4 is not None and Path(mp4).exists():
-            if Path(mp4).stat().st_size <= EMBED_LIMIT:
-                data = base64.b64encode(Path(mp4).read_bytes()).decode()
-                out.append(f'<video controls muted src="data:video/mp4;base64,{data}"></video>')
-            out.append(f'<p><a href="{html.escape(str(Path(mp4).relative_to(path.parent)))}">rendered video</a></p>')
+        mp4, web = v.get("mp4"), v.get("webm")
+        # Browsers play the WebM twin (VP8); the MP4 (MPEG-4 part 2) is for players and editors.
+        show, kind = (web, "webm") if web is not None and Path(web).exists() else (mp4, "mp4")
+        if show is not None and Path(show).exists() and Path(show).stat().st_size <= EMBED_LIMIT:
+            data = base64.b64encode(Path(show).read_bytes()).decode()
+            out.append(f'<video controls muted src="data:video/{kind};base64,{data}"></video>')
+        links = [(n, p) for n, p in (("rendered video (MP4)", mp4), ("browser preview (WebM)", web))
+                 if p is not None and Path(p).exists()]
+        if links:
+            out.append("<p>" + " · ".join(f'<a href="{html.escape(str(Path(p).relative_to(path.parent)))}">{n}</a>'
+                                          for n, p in links) + "</p>")
         if not v["tracks"]:
             out.append('<p class="note">No person was found in this video: nothing to lift.</p>')
             continue
