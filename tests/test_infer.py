@@ -271,3 +271,19 @@ def test_person_leaving_and_returning_keeps_one_track_id_without_file_ids(tmp_pa
                                                          render=False))
     z = _npz(res["paths"]["leave_return_frames:npz"])
     assert z["lengths"].tolist() == [30] and z["detected"].sum() == 20
+
+
+def test_2d_json_frames_by_image_file_name(tmp_path: Path) -> None:
+    from poselift.infer.sources import frame_names, list_inputs, load_2d_json
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(1, 4):  # numbered from 1: frame 0 is img_1.png
+        cv2.imwrite(str(folder / f"img_{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    v = list_inputs([folder])[0]
+    flat = np.concatenate([POSE, np.ones((17, 1))], 1).reshape(-1).tolist()
+    (tmp_path / "ap.json").write_text(json.dumps([{"image_id": "img_3.png", "keypoints": flat, "score": 1.0},
+                                                  {"image_id": "img_1.png", "keypoints": flat, "score": 1.0}]))
+    p = load_2d_json(tmp_path / "ap.json", v.n_frames, frame_names(v))
+    assert p.frame.tolist() == [0, 2] and p.joint_set == "coco17" and (p.track == -1).all()
+    np.testing.assert_allclose(p.boxes[0], [*POSE.min(0), *POSE.max(0)])

@@ -27,7 +27,7 @@ from poselift.datasets.joints import get_joint_set
 
 from .lift import Lifter, lift_track, load_any_lifter, to_lifter_joints
 from .outputs import TrackResult
-from .sources import InputError, VideoInput, file_digest, list_inputs, load_2d_json
+from .sources import InputError, VideoInput, file_digest, frame_names, list_inputs, load_2d_json
 from .stages import run_detect, write_2d_cache
 
 __all__ = ["InferOptions", "run_infer", "STAGES"]
@@ -148,7 +148,7 @@ def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], devic
         path = run.stage("keypoints", {"files": digests, "tracker": _tracker(o)})
         if not path.exists():
             t = time.perf_counter()
-            people = {v.video_id: load_2d_json(p, v.n_frames) for v, p in zip(videos, given)}
+            people = {v.video_id: load_2d_json(p, v.n_frames, frame_names(v)) for v, p in zip(videos, given)}
             write_2d_cache(path, people, videos, {"from_files": digests, "tracker": _tracker(o)}, fp_inputs)
             timings["keypoints_s"] = time.perf_counter() - t
         return path

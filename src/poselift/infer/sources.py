@@ -19,7 +19,7 @@ import numpy as np
 
 from poselift.extract.video import IMAGE_EXTENSIONS, ImageFolderSource, VideoError, VideoSource
 
-__all__ = ["VideoInput", "list_inputs", "read_frames", "Person2D", "load_2d_json", "InputError"]
+__all__ = ["VideoInput", "list_inputs", "read_frames", "Person2D", "load_2d_json", "frame_names", "InputError"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -156,22 +156,30 @@ def _frame_of(image_id: Any, names: dict[str, int], where: str) -> int:
     return int(m.group(1))
 
 
-def load_2d_json(path: str | os.PathLike, n_frames: int) -> Person2D:
+def frame_names(video: VideoInput) -> dict[str, int]:
+    """Image folder: file name -> frame index (AlphaPose names frames by their file); {} for a video."""
+    return {f.name: i for i, f in enumerate(ImageFolderSource(video.path).files)} if video.path.is_dir() else {}
+
+
+def load_2d_json(path: str | os.PathLike, n_frames: int, names: dict[str, int] | None = None) -> Person2D:
     """AlphaPose result JSON (a list of person entries, ``idx`` = track id when tracked) or
     COCO keypoint JSON (a dict with ``annotations`` and optionally ``images`` naming the
-    frames) -> :class:`Person2D`. Boxes missing from the file are the keypoints' extent."""
+    frames) -> :class:`Person2D`. ``image_id`` / ``file_name`` values found in ``names`` (an
+    image folder's file names) map to that frame, others by the number in them. Boxes missing
+    from the file are the keypoints' extent."""
+    files = dict(names or {})
     p = Path(path)
     try:
         doc = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{p}: not a readable JSON file ({e})") from None
-    names: dict[str, int] = {}
+    names = {}
     if isinstance(doc, dict):
         if "annotations" not in doc:
             raise InputError(f"{p}: a JSON object without 'annotations' is not COCO keypoint JSON")
         for img in doc.get("images", []):
             if "id" in img and "file_name" in img:
-                names[str(img["id"])] = _frame_of(img["file_name"], {}, f"{p}: images")
+                names[str(img["id"])] = _frame_of(img["file_name"], files, f"{p}: images")
         entries = doc["annotations"]
     elif isinstance(doc, list):
         entries = doc
@@ -194,7 +202,7 @@ def load_2d_json(path: str | os.PathLike, n_frames: int) -> Person2D:
             raise InputError(f"{where}: field 'keypoints' has {k} joints, earlier entries {k_seen}")
         k_seen = k
         kp = flat.reshape(k, 3)
-        f = _frame_of(names.get(str(e["image_id"]), e["image_id"]), names, where)
+        f = _frame_of(names.get(str(e["image_id"]), e["image_id"]), files, where)
         if not 0 <= f < n_frames:
             continue  # detections past the decodable end have no frame to go with
         if "box" in e or "bbox" in e:
