@@ -30,8 +30,10 @@ SIZES = {"tiny": (0.33, 0.375, 416), "s": (0.33, 0.50, 640)}
 def write_clip(path: Path, frames: int, w: int, h: int) -> None:
     rng = np.random.default_rng(0)
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (w, h))
+    # a smooth scene with mild sensor noise (uniform per-pixel noise would be an encoder's worst case)
+    ramp = np.linspace(60, 160, w)[None, :, None] + np.linspace(0, 40, h)[:, None, None]
     for t in range(frames):
-        img = rng.integers(60, 120, (h, w, 3), dtype=np.uint8)
+        img = np.clip(ramp + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
         for k, x in enumerate((w * 0.3 + 3 * t, w * 0.7 - 3 * t)):
             cv2.rectangle(img, (int(x) - 30, h // 3), (int(x) + 30, h - 20), (200, 200 - 80 * k, 200), -1)
         vw.write(img)

@@ -225,7 +225,7 @@ def test_report_opens_in_headless_chromium(tmp_path: Path) -> None:
                           "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=60)
     w = int(round(W * 96 / H)) // 2 * 2 + 2 * 96
-    assert f"<title>size {w}x96</title>" in dom.stdout, dom.stdout[-500:]
+    assert f"<title>size {w // 4 * 2}x48</title>" in dom.stdout, dom.stdout[-500:]  # the half-size preview
 
 
 def test_cli_summary_and_joint_set_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
