@@ -77,9 +77,9 @@ def main() -> None:
     from poselift.extract import FastPose, load_yolox, yolox_preprocess
     from poselift.infer import InferOptions, run_infer
     from poselift.infer.sources import list_inputs, read_frames
-    from poselift.lifting.infer_lifter import predict_sequence
-    from poselift.lifting.temporal_conv import TemporalModel
-    from poselift.lifting.videopose3d_ckpt import export_videopose3d
+    from poselift.lifting.videopose3d.infer import predict_sequence
+    from poselift.lifting.videopose3d.model import TemporalModel
+    from poselift.lifting.videopose3d.interop import export_videopose3d
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
     try:

@@ -34,10 +34,10 @@ import torch
 from poselift.datasets.cache import CacheHeader, CacheWriter
 from poselift.datasets.joints import get_joint_set
 from poselift.lifting.config import LiftConfig
-from poselift.lifting.lift_data import LiftData
-from poselift.lifting.losses import mpjpe_loss
+from poselift.lifting.videopose3d.data import LiftData
+from poselift.lifting.videopose3d.losses import mpjpe_loss
 
-from poselift.lifting.temporal_conv import TemporalModelOptimized1f, receptive_field_of
+from poselift.lifting.videopose3d.model import TemporalModelOptimized1f, receptive_field_of
 
 CONFIGS = {
     # name: (joint set, dataset, frames, sequences, widths, batch)

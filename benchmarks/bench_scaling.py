@@ -25,7 +25,7 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 LIFT_WORKER = """
 import json, sys
 from poselift.lifting.config import LiftConfig
-from poselift.lifting.train_lifter import train_lifter
+from poselift.lifting.videopose3d.train import train_lifter
 train_lifter(LiftConfig(**json.loads(sys.argv[1])))
 """
 

@@ -30,13 +30,13 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     from poselift.datasets.importers.insta import import_insta_h5
     from poselift.datasets.importers.tcmr_db import import_tcmr_db
-    from poselift.lifting.smpl_model import make_synthetic_smpl
-    from poselift.lifting.tcmr_data import MixedBatchSampler, TCMRWindowData, open_source, train_windows
-    from poselift.lifting.tcmr_eval import PROTOCOLS, h36m_regressor, predict_source
-    from poselift.lifting.tcmr_losses import TCMRLoss
-    from poselift.lifting.tcmr_synthetic import write_3dpw_db, write_insta_h5
-    from poselift.lifting.train_lifter import resolve_device
-    from poselift.lifting.train_tcmr import StepBatches, TCMRConfig, _rep3, build_tcmr
+    from poselift.synthetic.smpl import make_synthetic_smpl
+    from poselift.lifting.tcmr.data import MixedBatchSampler, TCMRWindowData, open_source, train_windows
+    from poselift.lifting.tcmr.eval import PROTOCOLS, h36m_regressor, predict_source
+    from poselift.lifting.tcmr.losses import TCMRLoss
+    from poselift.synthetic.tcmr import write_3dpw_db, write_insta_h5
+    from poselift.core.device import resolve_device
+    from poselift.lifting.tcmr.train import StepBatches, TCMRConfig, _rep3, build_tcmr
 
     dev = resolve_device(a.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ from poselift.evaluation.protocols import action_group
 
 from .cache import Cache, SequenceInfo
 
-__all__ = ["SplitProtocol", "PROTOCOLS", "get_protocol", "select_sequences", "action_matches",
+__all__ = ["SplitProtocol", "PROTOCOLS", "select_sequences", "action_matches",
            "deterministic_random", "subset_slice", "Selection", "select", "action_group"]
 
 

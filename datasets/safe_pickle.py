@@ -32,16 +32,18 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from poselift.core.errors import UserError
+
 __all__ = [
     "NUMPY_SAFE_GLOBALS", "UnsafePickleError", "allowed_global_names", "plain_safe_globals",
     "safe_pickle_load",
-    "safe_torch_load",
+    "safe_torch_load", "torch_refusal",
 ]
 
 SafeGlobal = tuple[Any, str]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UserError, pickle.UnpicklingError):
     """A pickle referenced a global outside the allow-list (nothing was executed)."""
 
     def __init__(self, source: str, global_name: str | None, detail: str = "") -> None:
@@ -91,14 +93,40 @@ def _numpy_safe_globals() -> list[SafeGlobal]:
 
 NUMPY_SAFE_GLOBALS: list[SafeGlobal] = _numpy_safe_globals()
 
-# Plain-pickle allow-list (torch's unpickler already allows builtins containers).
+# Audit of the allow-list (each entry is a constructor without side effects):
+# - numpy _reconstruct/scalar/_frombuffer/ndarray/dtype and the dtype classes build arrays,
+#   scalars and dtypes from bytes already in the stream; none opens a file or imports (a
+#   dtype given as a string is parsed, never resolved as a module path). numpy.memmap is
+#   NOT here: called by REDUCE it creates or truncates any file (mode 'w+').
+# - the RandomState helpers look the bit generator up in numpy's fixed table; the optional
+#   ctor argument of __randomstate_ctor can only be another object from this same list.
+# - set/frozenset/complex/slice/bytearray/range/OrderedDict are plain containers.
+# - _codecs.encode (how protocol 2 stores bytes) runs a codec lookup, which imports
+#   ``encodings.<name>``; only the latin-1 spellings that pickle itself writes are accepted.
+# Refused by construction: anything that opens files (builtins.open, numpy.load,
+# numpy.memmap, io.*), imports (builtins.__import__, importlib.*), executes (eval, exec,
+# compile, os.*, subprocess.*) or reaches attributes (builtins.getattr).
+_PICKLE_BYTES_ENCODINGS = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1"})
+
 _PLAIN_SAFE: dict[str, Any] = {name: obj for obj, name in NUMPY_SAFE_GLOBALS}
 _PLAIN_SAFE.update({
     "collections.OrderedDict": OrderedDict,
-    "_codecs.encode": __import__("_codecs").encode,  # bytes under protocol 2
     "builtins.set": set, "builtins.frozenset": frozenset, "builtins.complex": complex,
     "builtins.slice": slice, "builtins.bytearray": bytearray, "builtins.range": range,
 })
+
+
+def _latin1_encoder(source: str) -> Any:
+    """``_codecs.encode`` restricted to latin-1 (protocol-2 bytes); other codecs import."""
+    import _codecs
+
+    def encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        if not isinstance(encoding, str) or encoding.lower() not in _PICKLE_BYTES_ENCODINGS:
+            raise UnsafePickleError(source, "_codecs.encode", f"codec {encoding!r}; only latin-1 "
+                                    "is plain data")
+        return _codecs.encode(obj, encoding, errors)
+
+    return encode
 
 
 def _as_pair(g: Any) -> SafeGlobal:
@@ -128,6 +156,15 @@ def _refused_global(detail: str) -> str | None:
     return None
 
 
+def torch_refusal(source: str, exc: BaseException) -> UnsafePickleError:
+    """One-line :class:`UnsafePickleError` (file + refused global) from torch's multi-paragraph
+    ``weights_only`` error, for callers that use ``torch.load(weights_only=True)`` directly."""
+    detail = _unpickler_detail(str(exc))
+    name = _refused_global(detail)
+    # once the global is named, torch's advice (add_safe_globals / weights_only=False) is noise
+    return UnsafePickleError(str(source), name, "" if name else detail[:300])
+
+
 def safe_torch_load(path: str | os.PathLike[str] | BinaryIO, map_location: Any = "cpu", *,
                     extra_globals: Sequence[Any] = (), trust: bool = False) -> Any:
     """Load a ``torch.save`` file (zip or legacy format) without running pickled code.
@@ -145,8 +182,7 @@ def safe_torch_load(path: str | os.PathLike[str] | BinaryIO, map_location: Any =
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = _unpickler_detail(str(exc))
-        raise UnsafePickleError(str(source), _refused_global(detail), detail[:300]) from None
+        raise torch_refusal(str(source), exc) from None
     except (RuntimeError, EOFError) as exc:  # truncated / not a torch file: say which
         raise RuntimeError(f"{source}: not a readable torch.save file ({exc})") from exc
 
@@ -160,6 +196,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"
+        if full == "_codecs.encode":
+            return _latin1_encoder(self._source)
         if full in self._allowed:
             return self._allowed[full]
         raise UnsafePickleError(self._source, full)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .cache import Cache, CacheError
+from .cache.schema import FIELDS as FIELD_SPECS
 from .joints import get_joint_set
 from .windows import Windows, gather_indices
 
@@ -73,6 +74,20 @@ def _converted(arr: np.ndarray, dtype: np.dtype) -> torch.Tensor:
     return dst
 
 
+def _check_finite(f: Field, sid: str, arr: np.ndarray, first: int) -> None:
+    """Refuse NaN/inf in a float field the cache schema requires finite (rows ``first`` on of
+    sequence ``sid``): a corrupt cache would otherwise train to NaN without a word."""
+    spec = FIELD_SPECS.get(f.field)
+    if spec is None or not spec.check_finite or arr.dtype.kind not in "fc" or not arr.size:
+        return
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
+    if bad.any():
+        rows = np.flatnonzero(bad) + first
+        raise CacheError(f"{f.cache.path}: sequence {sid!r}, field {f.field!r}: NaN/inf at frame "
+                         f"{int(rows[0])} ({rows.size} frame(s) affected); the cache is corrupt, "
+                         f"rebuild this sequence")
+
+
 class CacheWindowDataset(torch.utils.data.Dataset):
     """Windows over caches.
 
@@ -123,6 +138,7 @@ class CacheWindowDataset(torch.utils.data.Dataset):
         data = np.empty((total,) + first.shape[1:], dtype=f.dtype)
         for i, sid in enumerate(self.ids):
             arr = f.cache.read(sid, f.field)
+            _check_finite(f, sid, arr, 0)
             data[offsets[i]:offsets[i + 1]] = arr[self._sel[sid]] if sid in self._sel else arr
         return data, offsets
 
@@ -178,6 +194,7 @@ class CacheWindowDataset(torch.utils.data.Dataset):
             frames = (sl.start or 0) + frames * (sl.step or 1)
         lo, hi = int(frames.min()), int(frames.max()) + 1
         block = f.cache.read(sid, f.field, lo, hi)  # one contiguous HDF5 read per window
+        _check_finite(f, sid, block, lo)
         return block[frames - lo]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

@@ -97,10 +97,11 @@ def write_outputs(report: Report, out: Path, by_subject: bool = False,
     return files
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="poselift-evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("predictions", type=Path, help="npz file in the layout above")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``poselift-evaluate predictions``."""
+    ap.add_argument("predictions", type=Path,
+                    help="npz with pred and gt (N, J, 3), lengths, seq_ids, subjects, actions per "
+                         "sequence; optional mask, cameras, fps, joint_names, verts, gt_verts")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--scale", type=float, default=1000.0,
                     help="multiplier to the report unit (1000: metres -> mm)")
@@ -110,13 +111,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--by-subject", action="store_true", help="VideoPose3D tables per subject")
     ap.add_argument("--actions", nargs="*", default=None, help="action name prefixes to keep")
     ap.add_argument("--plots", action="store_true", help="also write PNG plots")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Report from the predictions file named in ``args``; prints the protocol table."""
     center = None if args.center is None else [int(x) for x in args.center.split(",")]
     report = evaluate_sequences(load_records(args.predictions, center), args.scale, args.unit)
     write_outputs(report, args.out, args.by_subject, args.actions, args.plots)
     proto = videopose3d_protocol(report, by_subject=args.by_subject, actions=args.actions)
     print(proto.to_markdown())
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="poselift-evaluate predictions", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

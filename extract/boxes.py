@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage, signal
 
+from poselift.core.errors import UserError
+
 __all__ = ["BoxError", "BoxTrack", "to_xyxy", "xyxy_to_cxcywh", "boxes_from_array",
            "load_coco_detections", "load_posetrack_tracks", "smooth_boxes", "smooth_box_params",
            "joints_to_box_params", "boxes_from_joints", "BOX_FORMATS"]
@@ -25,7 +27,7 @@ __all__ = ["BoxError", "BoxTrack", "to_xyxy", "xyxy_to_cxcywh", "boxes_from_arra
 BOX_FORMATS = ("xyxy", "cxcywh", "xywh")
 
 
-class BoxError(ValueError):
+class BoxError(UserError, ValueError):
     """Bad or missing boxes; messages name the file, frame and entry."""
 
 
@@ -54,7 +56,7 @@ def to_xyxy(arr: np.ndarray, fmt: str) -> np.ndarray:
     """(..., 4) boxes in ``fmt`` -> xyxy float32."""
     a = np.asarray(arr, dtype=np.float64)
     if a.shape[-1] != 4:
-        raise BoxError(f"boxes need a trailing dimension of 4, got shape {a.shape}")
+        raise BoxError(f"boxes ({fmt}) need shape (T, 4), one row per frame; got shape {a.shape}")
     if fmt == "xyxy":
         out = a
     elif fmt == "cxcywh":
@@ -88,6 +90,37 @@ def _frame_of_image_id(image_id: Any, offset: int) -> int | None:
         return int(image_id) - offset
     m = re.search(r"(\d+)(?!.*\d)", Path(str(image_id)).stem)  # last digit run of the name
     return int(m.group(1)) - offset if m else None
+
+
+def det_number(path: Path, k: int, det: dict, field: str, default: float) -> float:
+    """Numeric field of detection entry ``k``; a non-number names file, entry and field."""
+    v = det.get(field, default)
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return float(v)
+    except (TypeError, ValueError):
+        raise BoxError(f"{path}: entry {k}: field {field!r} must be a number, got {v!r}") from None
+
+
+def det_bbox(path: Path, k: int, det: dict) -> np.ndarray:
+    """The ``bbox`` [x, y, w, h] of detection entry ``k`` as float64 (4,)."""
+    try:
+        bb = np.asarray(det["bbox"], dtype=np.float64)
+    except (TypeError, ValueError):
+        bb = None
+    if bb is None or bb.shape != (4,) or not np.isfinite(bb).all():
+        raise BoxError(f"{path}: entry {k}: field 'bbox' must be 4 finite numbers [x, y, w, h], "
+                       f"got {det['bbox']!r}")
+    return bb
+
+
+def frame_hint(iid: Any, offset: int) -> str:
+    """Advice for an image id that lands outside the video (PoseTrack18 ids are huge)."""
+    if isinstance(iid, (int, np.integer)) and int(iid) > 1_000_000 and not offset:
+        return (" (large integer image ids, e.g. PoseTrack18's 1VVVVVVFFFF: pass --image-id-offset "
+                "with the id of the video's first frame)")
+    return ""
 
 
 def _load_json(path: Path) -> Any:
@@ -130,9 +163,9 @@ def load_coco_detections(path: str | os.PathLike, n_frames: int, *, category_id:
     for k, det in enumerate(data):
         if not isinstance(det, dict) or "image_id" not in det or "bbox" not in det:
             raise BoxError(f"{path}: entry {k} lacks 'image_id' or 'bbox'")
-        if int(det.get("category_id", 1)) != category_id:
+        if det_number(path, k, det, "category_id", 1) != category_id:
             continue
-        score = float(det.get("score", 1.0))
+        score = det_number(path, k, det, "score", 1.0)
         if score < min_score:
             continue
         iid = det["image_id"]
@@ -142,10 +175,8 @@ def load_coco_detections(path: str | os.PathLike, n_frames: int, *, category_id:
             raise BoxError(f"{path}: entry {k}: image_id {iid!r} cannot be mapped to a frame index")
         if not 0 <= frame < n_frames:
             raise BoxError(f"{path}: entry {k} (image_id {iid!r}) refers to frame {frame}, but the "
-                           f"video has {n_frames} frames")
-        bb = np.asarray(det["bbox"], dtype=np.float64)
-        if bb.shape != (4,) or not np.isfinite(bb).all():
-            raise BoxError(f"{path}: entry {k}: bbox must be 4 finite numbers [x, y, w, h], got {det['bbox']}")
+                           f"video has {n_frames} frames{frame_hint(iid, image_id_offset)}")
+        bb = det_bbox(path, k, det)
         if bb[2] <= 0 or bb[3] <= 0:
             continue  # degenerate detections carry no crop
         key = score if select == "score" else bb[2] * bb[3]

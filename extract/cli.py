@@ -4,6 +4,7 @@ Subcommands:
   features  crops + backbone features for one video or a manifest of sequences -> features cache
   keypoints 2D keypoints (AlphaPose SIKR or FAMI-Pose) -> keypoints2d cache, one sequence per track
   probe     print frame count, fps and size of videos / image folders (what the extractor sees)
+  train     train a 2D estimator (SIKR, SimCC, FAMI-Pose) from a YAML config (configs/pose2d/)
 
 Manifest (JSON list, paths relative to the manifest file)::
 
@@ -19,14 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
-import pickle
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
+
+from poselift.core.cli import run_guarded
+from poselift.core.checkpoints import add_trust_flag
+from poselift.core.device import resolve_device
+from poselift.core.progress import add_progress_flags, progress_mode
+
+from .manifest import load_manifest, log_failures, resolve_workers
+
+log = logging.getLogger(__name__)
 
 __all__ = ["main", "build_parser", "load_manifest"]
 
@@ -59,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seq-id", help="sequence id for --video (default: the file name without suffix)")
     src.add_argument("--min-score", type=float, default=0.0,
                      help="COCO detections: drop boxes scoring below this (default: 0)")
+    src.add_argument("--image-id-offset", type=int, default=0,
+                     help="COCO detections with integer image ids: frame = image_id - N (default 0). "
+                          "PoseTrack18 ids are 1VVVVVVFFFF (video, frame), so N is the id of the "
+                          "video's first frame, e.g. 10003420000")
     src.add_argument("--smooth", action="store_true",
                      help="smooth boxes over time like TCMR (median k=11, then Gaussian sigma=8)")
     src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
@@ -66,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = f.add_argument_group("model")
     m.add_argument("--backbone", default="resnet50",
                    help="variant from BACKBONES: resnet18/34/50/101/152 or hmr (default: resnet50)")
-    m.add_argument("--weights", help="checkpoint file (torchvision .pth or SPIN/HMR .pth.tar)")
+    m.add_argument("--weights", help="checkpoint file (torchvision .pth or SPIN/HMR .pth.tar) or a zoo "
+                   "name (resnet50-imagenet-v1, spin-hmr; see `poselift weights list`)")
     m.add_argument("--weights-format", default="auto", choices=["auto", "torchvision", "spin"],
                    help="checkpoint layout; auto = spin if it holds {'model': ...} with an HMR "
                         "regressor, else torchvision (default: auto)")
-    m.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    add_trust_flag(m, "--weights")
     m.add_argument("--random-init", action="store_true",
                    help="no weights: seeded random backbone, for smoke tests (recorded in the cache)")
     m.add_argument("--seed", type=int, default=0, help="seed for --random-init (default: 0)")
@@ -98,94 +109,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true",
                    help="discard an existing cache or interrupted run made with other settings")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flags(r)
 
     from .cli_keypoints import add_keypoints_parser
 
     add_keypoints_parser(sub)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
 
     pr = sub.add_parser("probe", help="print frame count, fps and size of videos or image folders")
     pr.add_argument("paths", nargs="+", help="video files or image folders")
     return p
 
 
-def _read_boxes(path: Path, fmt: str, source: str, track_id: int | None, min_score: float) -> dict[int | None, Any]:
-    """{track id or None: BoxTrack} from a box file."""
-    from .boxes import BoxError, boxes_from_array, load_coco_detections, load_posetrack_tracks
-    from .video import open_source
-
-    if fmt in ("coco", "posetrack"):
-        n = len(open_source(source))
-        if fmt == "coco":
-            return {None: load_coco_detections(path, n, min_score=min_score)}
-        tracks = load_posetrack_tracks(path, n)
-        if track_id is not None:
-            if track_id not in tracks:
-                raise BoxError(f"{path}: no track {track_id} (tracks: {sorted(tracks)})")
-            return {None: tracks[track_id]}
-        return dict(tracks)
-    if not path.exists():
-        raise BoxError(f"{path}: box file does not exist")
-    if path.suffix == ".json":
-        raise BoxError(f"{path}: a JSON box file needs box format 'coco' or 'posetrack', not {fmt!r}")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            key = next((k for k in ("boxes", "bbox", "bboxes") if k in z.files), None)
-            if key is None:
-                raise BoxError(f"{path}: no 'boxes' or 'bbox' array (has {z.files})")
-            arr = z[key]
-    else:
-        arr = np.load(path, allow_pickle=False)
-    return {None: boxes_from_array(arr, fmt)}
-
-
-def load_manifest(entries: Sequence[dict[str, Any]], base: Path, *, smooth: bool = False,
-                  min_score: float = 0.0) -> list:
-    """Manifest entries -> SequenceSpec list (relative paths resolved against ``base``)."""
-    from .boxes import smooth_boxes
-    from .features import SequenceSpec
-
-    specs = []
-    for k, e in enumerate(entries):
-        missing = [f for f in ("seq_id", "source", "boxes") if f not in e]
-        if missing:
-            raise ValueError(f"manifest entry {k}: missing field(s) {missing}")
-        source = str(base / e["source"])
-        tracks = _read_boxes(base / e["boxes"], e.get("box_format", "xyxy"), source,
-                             e.get("track_id"), min_score)
-        frames = np.load(base / e["frame_index"]) if e.get("frame_index") else None
-        for tid, tr in tracks.items():
-            if smooth:
-                tr = smooth_boxes(tr)
-            sid = e["seq_id"] if tid is None else f"{e['seq_id']}/{tid}"
-            attrs = dict(e.get("attrs", {}))
-            if tid is not None:
-                attrs["track_id"] = int(tid)
-            specs.append(SequenceSpec(sid, source, tr.boxes, frames, attrs))
-    return specs
-
-
-def resolve_workers(workers: int | None, device: str) -> int:
-    """``--workers`` default: decode in-process on CPU (measured: end-to-end 1.00 of forward-only
-    with 0 workers vs 0.89 with 1 on 2 cores), parallel decoding when a GPU runs the model."""
-    if workers is not None:
-        return workers
-    return 0 if not str(device).startswith("cuda") else max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def specs_from_args(a: argparse.Namespace) -> list:
-    """SequenceSpecs from ``--manifest`` or ``--video`` + ``--boxes``."""
+def specs_from_args(a: argparse.Namespace, failed: dict[str, str] | None = None) -> list:
+    """SequenceSpecs from ``--manifest`` or ``--video`` + ``--boxes``; entries that cannot be
+    read go to ``failed`` (see :func:`load_manifest`)."""
+    kw = dict(smooth=a.smooth, min_score=a.min_score,
+              image_id_offset=getattr(a, "image_id_offset", 0), failed=failed)
     if a.manifest:
         mp = Path(a.manifest)
         try:
             entries = json.loads(mp.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{mp}: not valid JSON ({e})") from None
-        return load_manifest(entries, mp.parent, smooth=a.smooth, min_score=a.min_score)
+        return load_manifest(entries, mp.parent, **kw)
     if a.video and a.boxes:
         entry = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
                  "box_format": a.box_format, "track_id": a.track_id}
-        return load_manifest([entry], Path("."), smooth=a.smooth, min_score=a.min_score)
+        return load_manifest([entry], Path("."), **kw)
     raise ValueError("give --manifest, or --video together with --boxes")
 
 
@@ -212,6 +165,10 @@ def load_backbone(a: argparse.Namespace):
             raise ValueError("give --weights CHECKPOINT, or --random-init for an untrained backbone")
         torch.manual_seed(a.seed)
         return BACKBONES[a.backbone](base_width=a.base_width), f"random-init:seed={a.seed}"
+    from poselift.zoo import resolve_weights, weights_name
+
+    zoo_name = weights_name(a.weights)  # recorded in the cache's provenance beside the sha256
+    a.weights = str(resolve_weights(a.weights))
     obj = load_checkpoint(a.weights, trust=a.trust_checkpoint)
     fmt = a.weights_format
     if fmt == "auto":
@@ -223,7 +180,7 @@ def load_backbone(a: argparse.Namespace):
     if want != model.depth:
         raise ValueError(f"{a.weights}: holds a ResNet-{model.depth}, but --backbone is {a.backbone}")
     sha = file_sha256(a.weights)
-    model.load_info.update(source=a.weights, sha256=sha)
+    model.load_info.update(source=a.weights, sha256=sha, **({"weights_name": zoo_name} if zoo_name else {}))
     return model, sha
 
 
@@ -234,22 +191,26 @@ def _features(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    specs = specs_from_args(a)
+    failed: dict[str, str] = {}  # per-sequence input failures: logged once, counted, rc 1
+    specs = specs_from_args(a, failed)
+    log_failures(failed)
     contract = contract_from_args(a)
     model, sha = load_backbone(a)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = str(resolve_device(a.device))
+    if not specs:
+        print(f"{a.out}: nothing to extract; failed {len(failed)}")
+        return 1
     res = extract_features(specs, a.out, model, contract, batch_size=a.batch_size,
                            num_workers=resolve_workers(a.workers, device),
                            device=device, dtype=a.dtype, weights_sha256=sha,
                            extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                            compile=a.compile, amp=not a.no_amp, overwrite=a.overwrite,
-                           progress=not a.no_progress)
+                           progress=progress_mode(a))
+    failed.update(res.failed)  # each failure was logged once where it happened
     print(f"{a.out}: wrote {len(res.written)}, skipped {len(res.skipped)} (already cached), "
-          f"failed {len(res.failed)}; {res.frames} frames ({res.invalid_frames} without a usable box) "
-          f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
-    for sid, err in res.failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
-    return 1 if res.failed else 0
+          f"failed {len(failed)}; {res.frames} frames of written sequences ({res.invalid_frames} "
+          f"without a usable box) in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
+    return 1 if failed else 0
 
 
 def _probe(a: argparse.Namespace) -> int:
@@ -267,17 +228,15 @@ def _probe(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from poselift.datasets.cache import CacheError
+    from .cli_keypoints import run_keypoints
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    try:
-        from .cli_keypoints import run_keypoints
+    from .training.cli import run_train
 
-        return {"features": _features, "keypoints": run_keypoints, "probe": _probe}[a.command](a)
-    except (ValueError, KeyError, OSError, RuntimeError, CacheError, pickle.UnpicklingError) as e:  # our errors name the file/field; no traceback
-        print(f"poselift-extract: error: {e}", file=sys.stderr)
-        return 2
+    run = {"features": _features, "keypoints": run_keypoints, "probe": _probe,
+           "train": run_train}[a.command]
+    return run_guarded("poselift-extract", lambda: run(a))
 
 
 if __name__ == "__main__":

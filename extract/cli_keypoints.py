@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from poselift.core.checkpoints import add_trust_flag
+from poselift.core.device import resolve_device
+from poselift.core.progress import add_progress_flags, progress_mode
 
 __all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
 
@@ -33,13 +35,17 @@ def add_keypoints_parser(sub: Any) -> None:
     src.add_argument("--track-id", type=int, default=None, help="PoseTrack: extract only this track")
     src.add_argument("--seq-id", help="id for --video (default: the file name without suffix)")
     src.add_argument("--min-score", type=float, default=0.0, help="drop detections scoring below this")
+    src.add_argument("--image-id-offset", type=int, default=0,
+                     help="COCO detections with integer image ids: frame = image_id - N (default 0). "
+                          "PoseTrack18 ids are 1VVVVVVFFFF (video, frame), so N is the id of the "
+                          "video's first frame, e.g. 10003420000")
     src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
     m = k.add_argument_group("estimator")
     m.add_argument("--estimator", required=True, choices=["sikr", "famipose"],
                    help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
-    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth")
-    m.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of --weights (runs code from the file: trusted files only)")
+    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth, or a zoo name "
+                   "(alphapose-fastpose-coco17; see `poselift weights list`)")
+    add_trust_flag(m, "--weights")
     m.add_argument("--fami-config", default="release", choices=["release", "paper"],
                    help="FAMI head variant (release: translation GTM, raw masks; paper: affine, sigmoid)")
     m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
@@ -61,11 +67,11 @@ def add_keypoints_parser(sub: Any) -> None:
     r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true", help="discard an existing cache / interrupted run")
-    r.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
+    add_progress_flags(r)
 
 
-def _entry_jobs(e: dict[str, Any], base: Path, min_score: float) -> list:
-    from .cli import load_manifest
+def _entry_jobs(e: dict[str, Any], base: Path, min_score: float, image_id_offset: int = 0) -> list:
+    from .manifest import load_manifest
     from .detections import detections_from_tracks, load_coco_frames, load_posetrack_frames
     from .video import open_source
 
@@ -74,25 +80,48 @@ def _entry_jobs(e: dict[str, Any], base: Path, min_score: float) -> list:
             raise ValueError(f"manifest entry {e.get('seq_id', '?')}: missing field {f!r}")
     fmt = e.get("box_format", "xyxy")
     if fmt not in ("coco", "posetrack") or e.get("track_id") is not None:
-        return load_manifest([e], base, min_score=min_score)
+        return load_manifest([e], base, min_score=min_score, image_id_offset=image_id_offset)
     source = str(base / e["source"])
     n = len(open_source(source))
     if fmt == "coco":
-        fr, bx, sc = load_coco_frames(base / e["boxes"], n, min_score=min_score)
+        fr, bx, sc = load_coco_frames(base / e["boxes"], n, min_score=min_score,
+                                      image_id_offset=image_id_offset)
         tid = None
     else:
         fr, bx, sc, tid = load_posetrack_frames(base / e["boxes"], n)
     return [detections_from_tracks(e["seq_id"], source, n, fr, bx, sc, tid, e.get("attrs"))]
 
 
-def load_keypoint_manifest(entries: Sequence[dict[str, Any]], base: Path, min_score: float = 0.0) -> list:
-    """Manifest entries -> SequenceSpec (one person) / VideoDetections (several boxes) list."""
-    return [j for e in entries for j in _entry_jobs(e, base, min_score)]
+def load_keypoint_manifest(entries: Sequence[dict[str, Any]], base: Path, min_score: float = 0.0,
+                           image_id_offset: int = 0, failed: dict[str, str] | None = None) -> list:
+    """Manifest entries -> SequenceSpec (one person) / VideoDetections (several boxes) list.
+    With ``failed`` given, an entry whose inputs cannot be read is recorded there
+    (``seq_id -> message``) and the others go on; without it, it raises."""
+    if not isinstance(entries, list):
+        raise ValueError("the manifest must be a JSON list of sequence entries")
+    jobs = []
+    for k, e in enumerate(entries):
+        if failed is None or not isinstance(e, dict) or "seq_id" not in e:
+            jobs += _entry_jobs(e, base, min_score, image_id_offset)
+            continue
+        try:
+            jobs += _entry_jobs(e, base, min_score, image_id_offset)
+        except Exception as exc:  # noqa: BLE001 - one bad input fails only its own sequence
+            if isinstance(exc, (KeyboardInterrupt, MemoryError)):
+                raise
+            msg = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            failed[str(e["seq_id"])] = f"manifest entry {k}: {msg}"
+    return jobs
 
 
 def _load_estimator(a: argparse.Namespace):
+    from poselift.zoo import resolve_weights, weights_name
+
     from .backbones import file_sha256
     from .estimators.contracts import famipose_contract, fastpose_contract
+
+    zoo_name = weights_name(a.weights)
+    a.weights = str(resolve_weights(a.weights))
 
     over = {"input_size": tuple(a.input_size)} if a.input_size else {}
     if a.estimator == "sikr":
@@ -107,42 +136,48 @@ def _load_estimator(a: argparse.Namespace):
         cfg = dataclasses.replace(PAPER if a.fami_config == "paper" else RELEASE,
                                   feature_size=contract.heatmap_size)
         model = load_famipose(a.weights, cfg, trust=a.trust_checkpoint)
+    model.zoo_name = zoo_name  # extract_keypoints records it in the cache's provenance
     return model, contract, file_sha256(a.weights)
 
 
 def run_keypoints(a: argparse.Namespace) -> int:
     import torch
 
-    from .cli import resolve_workers
+    from .manifest import log_failures, resolve_workers
     from .estimators.pose_nms import PoseNMSParams
     from .keypoints import extract_keypoints
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    failed: dict[str, str] = {}  # per-sequence input failures: logged once, counted, rc 1
     if a.manifest:
         mp = Path(a.manifest)
-        jobs = load_keypoint_manifest(json.loads(mp.read_text()), mp.parent, a.min_score)
+        jobs = load_keypoint_manifest(json.loads(mp.read_text()), mp.parent, a.min_score,
+                                      a.image_id_offset, failed)
     elif a.video and a.boxes:
         e = {"seq_id": a.seq_id or Path(a.video).stem, "source": a.video, "boxes": a.boxes,
              "box_format": a.box_format, "track_id": a.track_id}
-        jobs = load_keypoint_manifest([e], Path("."), a.min_score)
+        jobs = load_keypoint_manifest([e], Path("."), a.min_score, a.image_id_offset, failed)
     else:
         raise ValueError("give --manifest, or --video together with --boxes")
+    log_failures(failed)
+    if not jobs:
+        print(f"{a.out}: nothing to extract; failed {len(failed)}")
+        return 1
     model, contract, sha = _load_estimator(a)
     k = int(model.num_joints)
     nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
     params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = str(resolve_device(a.device))
     res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size,
                             num_workers=resolve_workers(a.workers, device),
                             device=device, amp=not a.no_amp, flip_test=a.flip_test, nms_params=params,
                             use_pose_nms=nms != "off", min_box_area=a.min_box_area,
                             tracker_iou=a.tracker_iou, tracker_max_age=a.tracker_max_age,
                             tube_length=a.tube_length, weights_sha256=sha, dataset=a.dataset,
-                            overwrite=a.overwrite, progress=not a.no_progress)
+                            overwrite=a.overwrite, progress=progress_mode(a))
+    failed.update(res.failed)  # each failure was logged once where it happened
     print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
-          f"{len(res.failed)}, no person in {len(res.empty)}; {res.frames} frames in {res.seconds:.1f} s "
-          f"= {res.frames_per_second:.1f} frames/s")
-    for sid, err in res.failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
-    return 1 if res.failed else 0
+          f"{len(failed)}, no person in {len(res.empty)}; {res.frames} frames of written sequences "
+          f"in {res.seconds:.1f} s = {res.frames_per_second:.1f} frames/s")
+    return 1 if failed else 0

@@ -224,7 +224,7 @@ class PreprocessContract:
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-# Named presets from the reference pipelines (tcmr.md §3.1); the crop scale differs per dataset.
+# Named presets from the reference pipelines; the crop scale differs per dataset.
 CONTRACTS: dict[str, PreprocessContract] = {
     "tcmr-3dpw": PreprocessContract(bbox_scale=1.3),
     "vibe-3dpw": PreprocessContract(bbox_scale=1.2),

@@ -1,6 +1,6 @@
 """Square person crops as 2x3 affine matrices, and the exact inverse mapping.
 
-The crop matches TCMR/VIBE feature extraction (tcmr.md §3.1): a square of side
+The crop matches TCMR/VIBE feature extraction: a square of side
 ``max(w, h) * scale`` centred on the box centre is warped with ``cv2.warpAffine`` (bilinear, black
 border) to ``out_size`` x ``out_size``. The matrix is built the way the reference builds it, from
 three point pairs (centre, centre + half-side down, centre + half-side right) cast to float32 and
@@ -17,11 +17,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from poselift.core.errors import UserError
+
 __all__ = ["CropError", "square_box", "square_crop_affine", "invert_affine", "crop",
            "to_image_coords", "to_crop_coords", "box_overlaps_image"]
 
 
-class CropError(ValueError):
+class CropError(UserError, ValueError):
     """A box cannot define a crop (zero or negative size, non-finite values)."""
 
 

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .boxes import BoxError, _frame_of_image_id, coco_detection_list, load_posetrack_tracks, to_xyxy
+from .boxes import (BoxError, _frame_of_image_id, coco_detection_list, det_bbox, det_number, frame_hint,
+                    load_posetrack_tracks, to_xyxy)
 
 __all__ = ["VideoDetections", "IoUTracker", "box_iou", "load_coco_frames", "load_posetrack_frames",
            "detections_from_tracks", "split_tracks"]
@@ -149,19 +150,18 @@ def load_coco_frames(path: str | os.PathLike, n_frames: int, *, category_id: int
     for k, det in enumerate(data):
         if not isinstance(det, dict) or "image_id" not in det or "bbox" not in det:
             raise BoxError(f"{path}: entry {k} lacks 'image_id' or 'bbox'")
-        if int(det.get("category_id", 1)) != category_id or float(det.get("score", 1.0)) < min_score:
+        score = det_number(path, k, det, "score", 1.0)
+        if det_number(path, k, det, "category_id", 1) != category_id or score < min_score:
             continue
         iid = det["image_id"]
         frame = (image_to_frame.get(iid) if image_to_frame is not None
                  else _frame_of_image_id(iid, image_id_offset))
         if frame is None or not 0 <= frame < n_frames:
             raise BoxError(f"{path}: entry {k}: image_id {iid!r} maps to frame {frame}, outside the "
-                           f"video's {n_frames} frames")
-        bb = np.asarray(det["bbox"], np.float64)
-        if bb.shape != (4,) or not np.isfinite(bb).all():
-            raise BoxError(f"{path}: entry {k}: bbox must be 4 finite numbers [x, y, w, h], got {det['bbox']}")
+                           f"video's {n_frames} frames{frame_hint(iid, image_id_offset)}")
+        bb = det_bbox(path, k, det)
         if bb[2] > 0 and bb[3] > 0:
-            rows.append((frame, k, to_xyxy(bb, "xywh"), float(det.get("score", 1.0))))
+            rows.append((frame, k, to_xyxy(bb, "xywh"), score))
     rows.sort(key=lambda r: (r[0], r[1]))  # stable: file order within a frame
     frames = np.array([r[0] for r in rows], np.int64)
     boxes = np.array([r[2] for r in rows], np.float32).reshape(-1, 4)

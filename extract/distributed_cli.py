@@ -26,7 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli import contract_from_args, load_backbone, resolve_workers, specs_from_args
+from poselift.core.cli import run_guarded
+from poselift.core.device import resolve_device
+from poselift.core.progress import progress_mode
+
+from .cli import contract_from_args, load_backbone, specs_from_args
+from .manifest import log_failures, resolve_workers
 
 __all__ = ["main", "build_parser", "run_sharded"]
 
@@ -77,48 +82,54 @@ def run_sharded(a: argparse.Namespace) -> int:
     from poselift.datasets.cache import Cache
     from poselift.datasets.cache.merge import merge_caches
 
-    from .features import extract_features, inputs_fingerprint
+    from .features import extract_features, input_fingerprints, inputs_fingerprint
     from .sharding import RankInfo, balance_by_frames, rank_from_env, shard_path, shard_paths
 
     info = rank_from_env() if a.shard == "auto" else RankInfo()
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    specs = specs_from_args(a)
+    bad_inputs: dict[str, str] = {}  # unreadable entries: the same on every rank, counted on rank 0
+    specs = specs_from_args(a, bad_inputs)
+    if info.rank == 0:
+        log_failures(bad_inputs)
+    else:
+        bad_inputs = {}
     # The header of every shard names ALL inputs, so shards of one job merge and a shard of
     # another job (other manifest) is refused.
     fingerprint = inputs_fingerprint(specs)
     mine = [specs[i] for i in balance_by_frames([len(s.boxes) for s in specs], info.world_size)[info.rank]]
     done: set[str] = set()
     if out.exists() and not a.overwrite:
-        done = set(Cache(out).ids)  # identity is checked again when merging
+        old = Cache(out)  # identity is checked again when merging
+        prints = input_fingerprints(specs)  # inputs changed since `out` was made are re-done
+        done = {s for s in old.ids if old.header.input_fingerprints.get(s, prints.get(s)) == prints.get(s)}
     todo = [s for s in mine if s.seq_id not in done]
     contract = contract_from_args(a)
     model, sha = load_backbone(a)
     if info.local_rank and torch.cuda.is_available() and a.device in ("auto", "cuda"):
         device = f"cuda:{info.local_rank % torch.cuda.device_count()}"
     else:
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+        device = str(resolve_device(a.device))
     grouped = _init_group(info, a.barrier_timeout) if a.merge == "auto" else False
     target = shard_path(out, info.rank, info.world_size) if info.world_size > 1 else out
-    failed: dict[str, str] = {}
-    status: dict[str, Any] = {"rank": info.rank, "written": 0, "failed": 0}
+    failed: dict[str, str] = dict(bad_inputs)
+    status: dict[str, Any] = {"rank": info.rank, "written": 0, "failed": len(failed)}
     if todo or info.world_size == 1:
         res = extract_features(todo, target, model, contract, batch_size=a.batch_size,
                                num_workers=resolve_workers(a.workers, device), device=device, dtype=a.dtype, weights_sha256=sha,
                                extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                                fingerprint=fingerprint, compile=a.compile, amp=not a.no_amp,
-                               overwrite=a.overwrite, progress=not a.no_progress)
-        failed = res.failed
-        status.update(written=len(res.written), failed=len(res.failed), frames=res.frames,
+                               overwrite=a.overwrite, progress=progress_mode(a))
+        failed.update(res.failed)  # each failure was logged once where it happened
+        status.update(written=len(res.written), failed=len(failed), frames=res.frames,
                       seconds=res.seconds)
         print(f"[rank {info.rank}/{info.world_size}] {target}: wrote {len(res.written)}, skipped "
-              f"{len(res.skipped) + len(mine) - len(todo)}, failed {len(res.failed)}; {res.frames} "
-              f"frames in {res.seconds:.1f} s", flush=True)
-    for sid, err in failed.items():
-        print(f"  FAILED {sid}: {err}", file=sys.stderr)
+              f"{len(res.skipped) + len(mine) - len(todo)}, failed {len(failed)}; {res.frames} "
+              f"frames of written sequences in {res.seconds:.1f} s", flush=True)
+    rc = 1 if failed else 0
     if info.world_size == 1:
-        return 1 if failed else 0
+        return rc
     statuses = [status]
     if grouped:
         import torch.distributed as dist
@@ -144,15 +155,9 @@ def run_sharded(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from poselift.datasets.cache import CacheError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    try:
-        return run_sharded(a)
-    except (ValueError, OSError, RuntimeError, CacheError) as e:
-        print(f"poselift-extract-dist: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded("poselift-extract-dist", lambda: run_sharded(a))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheHeader, CacheWriter
 
@@ -39,7 +39,7 @@ from .sharding import balance_by_frames
 from .video import open_source
 
 __all__ = ["SequenceSpec", "ExtractionResult", "CropStream", "BackboneRunner", "extract_features",
-           "inputs_fingerprint"]
+           "inputs_fingerprint", "input_fingerprints"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,11 @@ class CropStream(IterableDataset):
         if not has_box.any():
             raise ValueError(f"sequence {spec.seq_id!r}: no frame has a person box ({len(boxes)} frames)")
         src = open_source(spec.source)
+        if spec.frame_index is None and src.num_frames >= 0 and len(boxes) != src.num_frames:
+            # one box row per frame is the contract; fewer rows would silently drop the tail
+            raise ValueError(f"sequence {spec.seq_id!r}: {len(boxes)} box rows but {spec.source} has "
+                             f"{src.num_frames} frames; give one row per frame (NaN = no person) "
+                             f"or a frame_index")
         meta = {"fps": float(src.fps), "image_size": [int(v) for v in src.size],
                 "source_frames": int(src.num_frames), "source": Path(spec.source).name}
         s = c.crop_size
@@ -207,12 +212,27 @@ def inputs_fingerprint(specs: Sequence[SequenceSpec]) -> str:
     (not the absolute path, so a moved data folder still resumes)."""
     h = hashlib.sha256()
     for s in sorted(specs, key=lambda s: s.seq_id):
-        p = Path(s.source)
-        size = p.stat().st_size if p.is_file() else -1
-        h.update(f"{s.seq_id}|{p.name}|{size}|".encode())
-        h.update(np.ascontiguousarray(s.boxes, dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(s.frames()).tobytes())
+        _feed_input(h, s)
     return h.hexdigest()
+
+
+def input_fingerprints(specs: Sequence[SequenceSpec]) -> dict[str, str]:
+    """Per sequence, the sha256 of what ``inputs_fingerprint`` hashes for it: a resume re-does
+    exactly the sequences whose input changed (a fixed video, edited boxes)."""
+    out = {}
+    for s in specs:
+        h = hashlib.sha256()
+        _feed_input(h, s)
+        out[s.seq_id] = h.hexdigest()
+    return out
+
+
+def _feed_input(h: Any, s: SequenceSpec) -> None:
+    p = Path(s.source)
+    size = p.stat().st_size if p.is_file() else -1
+    h.update(f"{s.seq_id}|{p.name}|{size}|".encode())
+    h.update(np.ascontiguousarray(s.boxes, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(s.frames()).tobytes())
 
 
 def _source_info(backbone: torch.nn.Module, extractor: str | None, weights_sha256: str | None,
@@ -223,7 +243,8 @@ def _source_info(backbone: torch.nn.Module, extractor: str | None, weights_sha25
         raise ValueError("weights_sha256 is required: the sha256 of the checkpoint file, or "
                          "'random-init:seed=<n>' for an untrained backbone")
     name = extractor or (f"resnet{backbone.depth}" if hasattr(backbone, "depth") else type(backbone).__name__)
-    return {"extractor": name, "weights_sha256": sha, "contract": contract.to_dict(),
+    zoo = {"weights_name": info["weights_name"]} if info.get("weights_name") else {}  # zoo provenance
+    return {"extractor": name, "weights_sha256": sha, **zoo, "contract": contract.to_dict(),
             "feature_dim": int(getattr(backbone, "feature_dim", 0)), "dtype": np.dtype(dtype).name}
 
 
@@ -263,7 +284,8 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
         raise ValueError(f"duplicate sequence ids {dup[:5]}")
     header = CacheHeader(kind="features", dataset=dataset, joint_set=None,
                          source=_source_info(backbone, extractor, weights_sha256, contract, dtype),
-                         inputs_fingerprint=fingerprint or inputs_fingerprint(sequences))
+                         inputs_fingerprint=fingerprint or inputs_fingerprint(sequences),
+                         input_fingerprints=input_fingerprints(sequences))
     result = ExtractionResult()
     t0 = time.perf_counter()
     # allow_nonfinite: boxes of frames without a detection are stored as NaN (valid=False);
@@ -291,8 +313,8 @@ def _run(todo: list[SequenceSpec], writer: CacheWriter, backbone: torch.nn.Modul
                         prefetch_factor=2 if num_workers > 0 else None)
     streams: dict[int, Any] = {}
     dead: set[int] = set()
-    bar = tqdm(total=sum(len(s.boxes) for s in todo), unit="frame", disable=not progress,
-               desc=f"features -> {Path(writer.path).name}", smoothing=0.1)
+    bar = progress_bar(total=sum(len(s.boxes) for s in todo), unit="frame", progress=progress,
+                       desc=f"features -> {Path(writer.path).name}", smoothing=0.1)
     try:
         for ch in loader:
             i = int(ch["seq"])
@@ -322,6 +344,8 @@ class _Open:
 
     stream: Any
     n_outside: int = 0
+    frames: int = 0
+    invalid: int = 0
 
 
 def _fail(i: int, spec: SequenceSpec, err: str, streams: dict, dead: set, result: ExtractionResult) -> None:
@@ -329,8 +353,7 @@ def _fail(i: int, spec: SequenceSpec, err: str, streams: dict, dead: set, result
     if op is not None:
         op.stream.abort()
     dead.add(i)
-    result.failed[spec.seq_id] = err
-    log.warning("sequence %r skipped: %s", spec.seq_id, err)
+    result.failed[spec.seq_id] = err  # logged once, by extract_features
 
 
 def _consume(ch: dict[str, Any], i: int, spec: SequenceSpec, runner: BackboneRunner,
@@ -354,11 +377,13 @@ def _consume(ch: dict[str, Any], i: int, spec: SequenceSpec, runner: BackboneRun
         feats = np.zeros((len(valid), runner.feature_dim(crops.shape[1])), dtype)
     op.stream.append({"features": feats, "boxes": np.asarray(ch["boxes"], np.float32),
                       "frame_index": np.asarray(ch["frame_index"], np.int64), "valid": valid})
-    result.frames += len(valid)
-    result.invalid_frames += int((~valid).sum())
+    op.frames += len(valid)  # counted in the summary only once the sequence commits
+    op.invalid += int((~valid).sum())
     op.n_outside += int(ch["n_outside"])
     if ch["last"]:
         streams.pop(i).stream.commit()
+        result.frames += op.frames
+        result.invalid_frames += op.invalid
         if op.n_outside:
             warnings.warn(f"sequence {spec.seq_id!r}: {op.n_outside} frame(s) whose crop lies entirely "
                           f"outside the image are stored with valid=False and zero features",

@@ -10,7 +10,7 @@ cheaper than a cv2 pass per crop in the worker):
   ``supporting_indices`` cropped with the key frame's box. Key frames are grouped in windows
   of ``tube_length`` that share one crop box (the enclosing box of the window's boxes), so each
   frame of a window is cropped once and its backbone feature serves every key frame that reads
-  it (estimators2d.md §5.4). ``tube_length=1`` is the reference behaviour (the key frame's own
+  it. ``tube_length=1`` is the reference behaviour (the key frame's own
   box, five crops per key frame, duplicates at the borders cropped once).
 
 A failing video yields ``{job, error, last=True}`` and the stream goes on with the next one.

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheHeader, CacheWriter
 from poselift.datasets.joints import get_joint_set
@@ -54,7 +54,8 @@ from .features import ExtractionResult, SequenceSpec, _worker_init
 from .keypoint_runners import FamiRunner, SikrRunner
 from .keypoint_stream import DetectionCropStream, TubeCropStream, TubeSpec
 
-__all__ = ["KeypointResult", "extract_keypoints", "joint_set_for", "detections_fingerprint"]
+__all__ = ["KeypointResult", "extract_keypoints", "joint_set_for", "detections_fingerprint",
+           "detection_fingerprints"]
 
 log = logging.getLogger(__name__)
 _BY_K = {17: "coco17", 26: "halpe26", 136: "halpe136"}
@@ -90,11 +91,26 @@ def detections_fingerprint(jobs: Sequence[VideoDetections]) -> str:
     """sha256 over ids, source file name and size, frames, boxes, scores and track ids."""
     h = hashlib.sha256()
     for j in sorted(jobs, key=lambda j: j.video_id):
-        p = Path(j.source)
-        h.update(f"{j.video_id}|{p.name}|{p.stat().st_size if p.is_file() else -1}|{j.single}|".encode())
-        for a in (j.frame_index, j.det_pos, j.boxes, j.scores, j.track_ids):
-            h.update(np.ascontiguousarray(a).tobytes())
+        _feed_job(h, j)
     return h.hexdigest()
+
+
+def detection_fingerprints(jobs: Sequence[VideoDetections]) -> dict[str, str]:
+    """Per video id, the sha256 of what ``detections_fingerprint`` hashes for it: a resume
+    re-does the sequences (``<video>`` or ``<video>/track<k>``) of changed videos only."""
+    out = {}
+    for j in jobs:
+        h = hashlib.sha256()
+        _feed_job(h, j)
+        out[j.video_id] = h.hexdigest()
+    return out
+
+
+def _feed_job(h: Any, j: VideoDetections) -> None:
+    p = Path(j.source)
+    h.update(f"{j.video_id}|{p.name}|{p.stat().st_size if p.is_file() else -1}|{j.single}|".encode())
+    for a in (j.frame_index, j.det_pos, j.boxes, j.scores, j.track_ids):
+        h.update(np.ascontiguousarray(a).tobytes())
 
 
 class _TrackOut:
@@ -196,6 +212,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
               "contract": contract.to_dict(), "decode": contract.decode,
               "coordinates": "image px, pixel-index convention (integer = pixel centre, no +0.5)",
               "num_joints": k}
+    if getattr(estimator, "zoo_name", None):  # set when the weights were given by zoo name
+        source["weights_name"] = estimator.zoo_name
     if fami:
         source["fami"] = {"tube_length": int(tube_length), "config": asdict(estimator.config),
                           "track_before_estimator": f"iou>={tracker_iou}, max_age={tracker_max_age}"}
@@ -204,7 +222,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
         source["pose_nms"] = asdict(params) | {"min_box_area": min_box_area} if use_pose_nms else None
         source["tracker"] = f"file ids, else IoU Hungarian iou>={tracker_iou}, max_age={tracker_max_age}"
     header = CacheHeader(kind="keypoints2d", dataset=dataset, joint_set=joint_set_for(k, contract),
-                         source=source, inputs_fingerprint=fingerprint or detections_fingerprint(jobs))
+                         source=source, inputs_fingerprint=fingerprint or detections_fingerprint(jobs),
+                         input_fingerprints=detection_fingerprints(jobs))
     result = KeypointResult()
     t0 = time.perf_counter()
     with CacheWriter(out_path, header, overwrite=overwrite, allow_nonfinite=True) as writer:
@@ -250,8 +269,8 @@ def _run_detections(jobs: list[VideoDetections], writer: CacheWriter, runner: Si
     loader = DataLoader(DetectionCropStream(todo, contract, batch_size), **loader_kw)
     state: dict[int, dict[str, Any]] = {}
     dead: set[int] = set()
-    bar = tqdm(total=sum(len(j.frame_index) for j in todo), unit="frame", disable=not progress,
-               desc=f"keypoints -> {Path(writer.path).name}")
+    bar = progress_bar(total=sum(len(j.frame_index) for j in todo), unit="frame", progress=progress,
+                       desc=f"keypoints -> {Path(writer.path).name}")
     try:
         for ch in loader:
             i = int(ch["job"])
@@ -270,12 +289,13 @@ def _run_detections(jobs: list[VideoDetections], writer: CacheWriter, runner: Si
                     t.abort()
                 dead.add(i)
                 result.failed[job.video_id] = f"{type(e).__name__}: {e}" if "error" not in ch else ch["error"]
-                log.warning("video %r skipped: %s", job.video_id, result.failed[job.video_id])
                 continue
             bar.update(int(ch["upto"]) - st["pos"] if st["pos"] >= 0 else int(ch["upto"]) + 1)
-            result.frames += int(ch["upto"]) - max(st["pos"], -1)
+            # frames enter the summary only when the video commits (failed ones are not counted)
+            st["frames"] = st.get("frames", 0) + int(ch["upto"]) - max(st["pos"], -1)
             st["pos"] = int(ch["upto"])
             if ch["last"]:
+                result.frames += st["frames"]
                 tracks = state.pop(i)["tracks"]
                 if job.single:
                     t = tracks.get(0) or _new_track(writer, job, 0, 0, k, batch_size, ch["meta"])
@@ -368,8 +388,9 @@ def _run_tubes(jobs: list[VideoDetections], writer: CacheWriter, runner: FamiRun
     loader = DataLoader(TubeCropStream(tubes, contract, batch_size, tube_length), **loader_kw)
     open_: dict[int, _TrackOut] = {}
     dead: set[int] = set()
-    bar = tqdm(total=sum(len(t.boxes) for t in tubes), unit="frame", disable=not progress,
-               desc=f"keypoints -> {Path(writer.path).name}")
+    pending: dict[int, list[int]] = {}  # per tube: [frames, invalid frames] until it commits
+    bar = progress_bar(total=sum(len(t.boxes) for t in tubes), unit="frame", progress=progress,
+                       desc=f"keypoints -> {Path(writer.path).name}")
     try:
         for ch in loader:
             i = int(ch["job"])
@@ -400,14 +421,16 @@ def _run_tubes(jobs: list[VideoDetections], writer: CacheWriter, runner: FamiRun
                     t.abort()
                 dead.add(i)
                 result.failed[tube.seq_id] = ch.get("error") or f"{type(e).__name__}: {e}"
-                log.warning("sequence %r skipped: %s", tube.seq_id, result.failed[tube.seq_id])
                 continue
             bar.update(len(keys))
-            result.frames += len(keys)
-            result.invalid_frames += int((~ok).sum())
+            counts = pending.setdefault(i, [0, 0])  # summary counts only committed tubes
+            counts[0] += len(keys)
+            counts[1] += int((~ok).sum())
             if ch["last"]:
                 open_.pop(i).commit()
                 result.written.append(tube.seq_id)
+                result.frames += counts[0]
+                result.invalid_frames += counts[1]
     finally:
         bar.close()
         for t in open_.values():

@@ -16,13 +16,15 @@ from typing import Iterable, Iterator, Union
 import cv2
 import numpy as np
 
+from poselift.core.errors import UserError
+
 __all__ = ["VideoError", "CorruptVideoError", "FrameRangeError", "VideoSource", "ImageFolderSource",
            "FrameSource", "open_source", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class VideoError(RuntimeError):
+class VideoError(UserError, RuntimeError):
     """A frame source cannot be opened or read; the message names the file."""
 
 

@@ -4,10 +4,10 @@ Temporal convolutions (VideoPose3D family) and TCMR/VIBE (GRUs + SPIN regressor 
 their reference checkpoint loaders, training loops and evaluation glue.
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .temporal_conv import LIFTERS, TemporalModel, TemporalModelOptimized1f, bn_momentum_schedule
-from .videopose3d_ckpt import export_videopose3d, load_videopose3d
+from .videopose3d.model import LIFTERS, TemporalModel, TemporalModelOptimized1f, bn_momentum_schedule
+from .videopose3d.interop import export_videopose3d, load_videopose3d
 
-from .tcmr_ckpt import load_tcmr
+from .tcmr.interop import load_tcmr
 
 __all__ = ["LIFTERS", "TemporalModel", "TemporalModelOptimized1f", "bn_momentum_schedule",
            "load_videopose3d", "export_videopose3d", "load_tcmr", "save_checkpoint",

@@ -8,19 +8,18 @@ them without unpickling arbitrary objects).
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "build_model", "CheckpointError"]
+from poselift.core.checkpoints import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 FORMAT = "poselift-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not fit; messages name the file."""
 
 
 def save_checkpoint(path: str | os.PathLike, *, model_name: str, model_args: dict[str, Any],
@@ -51,6 +50,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's paragraph -> one line naming the global
+        from poselift.datasets.safe_pickle import torch_refusal
+
+        raise CheckpointError(str(torch_refusal(str(path), e)).split("; if you trust")[0]
+                              + "; a poselift checkpoint holds only tensors and plain types, "
+                              "so this file is foreign or tampered with") from None
     except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
         raise CheckpointError(f"{path}: not a readable poselift checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}). VideoPose3D .bin files "
@@ -59,17 +64,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a poselift checkpoint (no '{FORMAT}' marker)")
     return ckpt
-
-
-def build_model(ckpt: dict[str, Any], registry: dict[str, Callable[..., torch.nn.Module]],
-                path: str = "?") -> torch.nn.Module:
-    """Rebuild and strictly load the model a checkpoint describes."""
-    name = ckpt["model_name"]
-    if name not in registry:
-        raise CheckpointError(f"{path}: model {name!r} is not known (known: {sorted(registry)})")
-    model = registry[name](**ckpt["model_args"])
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit {name}: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-    return model

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["LiftConfig", "load_config", "apply_overrides", "config_to_dict", "parse_set_args"]
+__all__ = ["LiftConfig", "load_config", "apply_overrides", "config_to_dict", "parse_set_args",
+           "config_from_cli"]
 
 T = TypeVar("T")
 
@@ -88,9 +89,18 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         inner = type(like[0]) if like else None
-        return [inner(v) for v in value] if inner in (int, float) else list(value)
+        if inner not in (int, float):
+            return list(value)
+        try:
+            return [inner(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key!r}: expected a comma-separated list of "
+                             f"{inner.__name__}, got {value!r}") from None
     if isinstance(like, (int, float)) and isinstance(value, str):
-        return type(like)(value)
+        try:
+            return type(like)(value)
+        except ValueError:
+            raise ValueError(f"config key {key!r}: expected {type(like).__name__}, got {value!r}") from None
     if isinstance(like, float) and isinstance(value, int):
         return float(value)
     return value
@@ -136,3 +146,17 @@ def load_config(cls: type[T], path: str | Path | None = None,
 def dump_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (and keep JSON-compatible types)."""
     Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(config_to_dict(cfg))), sort_keys=False))
+
+
+def config_from_cli(cls: type[T], path: str | None, set_args: list[str] | None,
+                    flags: dict[str, Any], print_config: bool = False) -> T | None:
+    """The training commands' config: defaults, ``--config`` YAML, ``--set`` items, then the
+    path flags that were given (``flags``: config key -> flag value or None). With
+    ``print_config`` the resolved config is printed as JSON and None returned."""
+    over: dict[str, Any] = parse_set_args(set_args)
+    over.update({k: v for k, v in flags.items() if v})
+    cfg = load_config(cls, path, over)
+    if print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return None
+    return cfg

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .temporal_conv import TemporalModelOptimized1f
+from .videopose3d.model import TemporalModelOptimized1f
 
 __all__ = ["DistContext", "init_distributed", "shutdown", "rank_part", "all_reduce_sums",
            "broadcast_object", "barrier", "gather_rng_states", "restore_rng_state",

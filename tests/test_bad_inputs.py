@@ -20,10 +20,10 @@ from poselift.extract.contracts import PreprocessContract
 from poselift.extract.estimators.fastpose import load_alphapose
 from poselift.extract.features import SequenceSpec, extract_features
 from poselift.extract.video import CorruptVideoError, VideoError, VideoSource
-from poselift.lifting.lift_data import LiftData
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr_ckpt import load_tcmr
-from poselift.lifting.videopose3d_ckpt import load_videopose3d
+from poselift.lifting.videopose3d.data import LiftData
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.interop import load_tcmr
+from poselift.lifting.videopose3d.interop import load_videopose3d
 
 _spec = importlib.util.spec_from_file_location(
     "make_corpus", Path(__file__).with_name("bad_inputs") / "make_corpus.py")

@@ -66,7 +66,7 @@ def test_posetrack_tracks(tmp_path: Path) -> None:
 
 
 def _reference_joint_params(kps: np.ndarray, thr: float) -> tuple[np.ndarray, int, int]:
-    """Straightforward re-statement of the documented rule (tcmr.md §3.1) for cross-checking."""
+    """Straightforward re-statement of the documented rule for cross-checking."""
     params, idx = [], []
     for i, kp in enumerate(kps):
         vis = kp[:, 2] > thr

@@ -74,7 +74,7 @@ def test_resume_skips_committed_sequences_and_header_must_match(tmp_path):
     p = tmp_path / "c.h5"
     w = CacheWriter(p, header())
     w.write_sequence("a", {"keypoints": kp(5)})
-    # the process "dies" here: no finalize
+    w.close()  # the process "dies" here: no finalize (its writer lock goes with it)
     with pytest.raises(IncompleteCacheError, match="did not finish.*1 committed"):
         Cache(p)
     with pytest.raises(CacheMismatchError, match="source"):
@@ -83,11 +83,13 @@ def test_resume_skips_committed_sequences_and_header_must_match(tmp_path):
     assert w2.done() == {"a"} and w2.has("a")
     w2.write_sequence("b", {"keypoints": kp(6)})
     w2.finalize()
+    w2.close()
     assert Cache(p).ids == ["a", "b"] and not (tmp_path / "c.h5.partial").exists()
     # adding to a finalised cache keeps what is there
     w3 = CacheWriter(p, header())
     w3.write_sequence("c", {"keypoints": kp(7)})
     w3.finalize()
+    w3.close()
     assert Cache(p).ids == ["a", "b", "c"]
     with pytest.raises(CacheError, match="already written"):
         CacheWriter(p, header()).write_sequence("a", {"keypoints": kp(5)})
@@ -207,6 +209,8 @@ def test_cli_info_verify_finalize(tmp_path, capsys):
     w = CacheWriter(p, header())
     w.write_sequence("a", {"keypoints": kp(3)})
     assert cache_cli(["verify", str(p)]) == 1  # unfinalised: a problem
+    assert cache_cli(["finalize", str(p)]) == 2  # the writer still holds the lock
+    w.close()
     assert cache_cli(["finalize", str(p)]) == 0
     assert cache_cli(["verify", str(p)]) == 0
     assert cache_cli(["info", str(p), "--json"]) == 0
@@ -239,6 +243,7 @@ def test_disk_full_is_reported_and_keeps_committed_parts(tmp_path, monkeypatch):
     with pytest.raises(CacheError, match="no space left.*committed sequences are kept"):
         w.write_sequence("b", {"keypoints": kp(3)})
     monkeypatch.undo()
+    w.close()
     assert CacheWriter(p, header()).done() == {"a"}
     assert not list((tmp_path / "c.h5.partial").glob("*.tmp"))
     assert os.path.exists(tmp_path / "c.h5.partial" / "header.json")

@@ -20,11 +20,11 @@ from poselift.lifting.checkpoint import load_checkpoint
 from poselift.lifting.config import LiftConfig
 from poselift.lifting.distributed import (DistContext, DistributedBatchNorm, SyncTemporalModelOptimized1f,
                                           convert_sync_batchnorm, init_distributed, rank_part)
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr_synthetic import make_tiny_tcmr_caches
-from poselift.lifting.temporal_conv import TemporalModelOptimized1f
-from poselift.lifting.train_lifter import train_lifter
-from poselift.lifting.train_tcmr import TCMRConfig, train_tcmr
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.synthetic.tcmr import make_tiny_tcmr_caches
+from poselift.lifting.videopose3d.model import TemporalModelOptimized1f
+from poselift.lifting.videopose3d.train import train_lifter
+from poselift.lifting.tcmr.train import TCMRConfig, train_tcmr
 
 _spec = importlib.util.spec_from_file_location("vp3d_synth", Path(__file__).with_name("vp3d_synth.py"))
 synth = importlib.util.module_from_spec(_spec)
@@ -37,9 +37,11 @@ WORKER = '''
 import json, os, sys
 from pathlib import Path
 import torch
-from poselift.lifting import checkpoint as ck, train_lifter as tl, train_tcmr as tt
+from poselift.lifting import run
+from poselift.lifting.tcmr import train as tt
+from poselift.lifting.videopose3d import train as tl
 from poselift.lifting.config import LiftConfig
-from poselift.lifting.train_tcmr import TCMRConfig
+from poselift.lifting.tcmr.train import TCMRConfig
 
 rank = int(os.environ["RANK"])
 log = Path(sys.argv[2]) / f"saves-rank{rank}.txt"
@@ -49,8 +51,7 @@ def recording(save):
             fh.write(str(path) + "\\n")
         return save(path, **kw)
     return f
-tl.save_checkpoint = recording(tl.save_checkpoint)
-tt.save_checkpoint = recording(tt.save_checkpoint)
+run.save_checkpoint = recording(run.save_checkpoint)  # both loops save through lifting/run.py
 job = json.loads(Path(sys.argv[1]).read_text())
 tt.train_tcmr(TCMRConfig(**job["tcmr"]))
 tl.train_lifter(LiftConfig(**job["lifter"]))

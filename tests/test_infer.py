@@ -16,8 +16,8 @@ from poselift.datasets.joints import COCO17
 from poselift.infer import InferOptions, run_infer
 from poselift.infer.lift import JointSetMismatch, interpolate_missing, normalize_by_width, to_lifter_joints
 from poselift.infer.render import PANEL_BG
-from poselift.lifting.temporal_conv import TemporalModel
-from poselift.lifting.videopose3d_ckpt import export_videopose3d
+from poselift.lifting.videopose3d.model import TemporalModel
+from poselift.lifting.videopose3d.interop import export_videopose3d
 
 W, H = 160, 120
 # A standing COCO-17 figure, 60 px tall, feet at y = 0, centred at x = 0.

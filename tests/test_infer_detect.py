@@ -12,8 +12,8 @@ import torch
 from poselift.datasets.cache import Cache
 from poselift.extract import YOLOX, FastPose
 from poselift.infer import InferOptions, run_infer
-from poselift.lifting.temporal_conv import TemporalModel
-from poselift.lifting.videopose3d_ckpt import export_videopose3d
+from poselift.lifting.videopose3d.model import TemporalModel
+from poselift.lifting.videopose3d.interop import export_videopose3d
 
 
 def _yolox(path: Path) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from poselift.datasets.joints import H36M17
-from poselift.lifting.losses import (
+from poselift.lifting.videopose3d.losses import (
     bone_length_loss,
     depth_weights,
     mean_velocity_error,

@@ -15,10 +15,10 @@ from poselift.datasets.cache import Cache
 from poselift.datasets.importers.videopose3d import import_videopose3d
 from poselift.datasets.joints import H36M17
 from poselift.lifting.config import LiftConfig
-from poselift.lifting.semi_supervised import (SemiSupervisedError, open_unlabeled, reprojection_loss,
+from poselift.lifting.videopose3d.semi_supervised import (SemiSupervisedError, open_unlabeled, reprojection_loss,
                                               semi_supervised_terms)
-from poselift.lifting.temporal_conv import TemporalModelOptimized1f
-from poselift.lifting.train_lifter import train_lifter
+from poselift.lifting.videopose3d.model import TemporalModelOptimized1f
+from poselift.lifting.videopose3d.train import train_lifter
 
 _spec = importlib.util.spec_from_file_location("vp3d_synth", Path(__file__).with_name("vp3d_synth.py"))
 synth = importlib.util.module_from_spec(_spec)

@@ -12,10 +12,10 @@ import scipy.sparse as sp
 import torch
 
 from poselift.datasets.joints import SPIN49
-from poselift.lifting.smpl_model import (
+from poselift.lifting.tcmr.smpl_model import (
     SMPL_KEYS, SPIN_JOINT_MAP, BodyModelError, SPINSMPL, build_spin_smpl,
-    convert_smpl_pkl_to_npz, find_body_model_file, load_body_model_arrays, load_mean_params,
-    make_synthetic_smpl)
+    convert_smpl_pkl_to_npz, find_body_model_file, load_body_model_arrays, load_mean_params)
+from poselift.synthetic.smpl import make_synthetic_smpl
 
 
 @pytest.fixture(scope="module")

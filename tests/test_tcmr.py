@@ -6,11 +6,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from poselift.lifting.rotations import (
+from poselift.lifting.tcmr.rotations import (
     axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle, rotmat_to_quaternion)
-from poselift.lifting.smpl_model import build_spin_smpl, make_synthetic_smpl
-from poselift.lifting.spin_regressor import H36M_TO_J14, weak_perspective_projection
-from poselift.lifting.tcmr import TCMR, VIBE, TCMREncoder, VIBEEncoder
+from poselift.lifting.tcmr.smpl_model import build_spin_smpl
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.spin_regressor import H36M_TO_J14, weak_perspective_projection
+from poselift.lifting.tcmr.model import TCMR, VIBE, TCMREncoder, VIBEEncoder
 
 F = 64  # tiny feature width for model tests (released models use 2048)
 

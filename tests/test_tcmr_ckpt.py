@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr import TCMR, VIBE
-from poselift.lifting.tcmr_ckpt import CheckpointError, infer_tcmr_config, load_tcmr
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.model import TCMR, VIBE
+from poselift.lifting.tcmr.interop import CheckpointError, infer_tcmr_config, load_tcmr
 
 KEYS_JSON = Path(__file__).parent / "data" / "tcmr_state_dict_keys.json"  # copy of shared/formats
 D = 2048  # released feature width; GRUs are tiny (hidden 16) so this stays cheap

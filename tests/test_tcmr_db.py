@@ -17,7 +17,7 @@ from poselift.datasets.cache import Cache
 from poselift.datasets.importers.insta import import_insta_h5
 from poselift.datasets.importers.tcmr_db import TCMRImportError, import_tcmr_db, load_db
 from poselift.datasets.importers.threedpw import import_3dpw_sequences
-from poselift.lifting.tcmr_synthetic import write_3dpw_db, write_insta_h5
+from poselift.synthetic.tcmr import write_3dpw_db, write_insta_h5
 
 
 def _db(n_per=(12, 9), j2=14, j3=49, d=8, seed=0):

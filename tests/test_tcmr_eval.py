@@ -9,13 +9,13 @@ import torch
 
 from poselift.evaluation import pve as pve_metric
 from poselift.lifting.evaluate_cli import main as evaluate_main
-from poselift.lifting.rotations import axis_angle_to_rotmat
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr_data import open_source
-from poselift.lifting.tcmr_eval import (PROTOCOLS, evaluate_source, frame_mask, h36m_regressor,
+from poselift.lifting.tcmr.rotations import axis_angle_to_rotmat
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.data import open_source
+from poselift.lifting.tcmr.eval import (PROTOCOLS, evaluate_source, frame_mask, h36m_regressor,
                                         load_tcmr_any, predict_source, protocol_records)
-from poselift.lifting.tcmr_synthetic import make_tiny_tcmr_caches
-from poselift.lifting.train_tcmr import TCMRConfig, build_tcmr
+from poselift.synthetic.tcmr import make_tiny_tcmr_caches
+from poselift.lifting.tcmr.train import TCMRConfig, build_tcmr
 from poselift.lifting.checkpoint import save_checkpoint
 
 F = 32

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from poselift.lifting.smpl_model import build_spin_smpl, make_synthetic_smpl
-from poselift.lifting.tcmr import TCMR
-from poselift.lifting.tcmr_losses import (
+from poselift.lifting.tcmr.smpl_model import build_spin_smpl
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.model import TCMR
+from poselift.lifting.tcmr.losses import (
     REFERENCE_DEFAULT_WEIGHTS, RELEASED_WEIGHTS, TCMRLoss, TCMRLossWeights, keypoint_2d_loss,
     keypoint_3d_loss, smpl_losses)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from poselift.lifting.temporal_conv import (
+from poselift.lifting.videopose3d.model import (
     LIFTERS,
     TemporalModel,
     TemporalModelOptimized1f,

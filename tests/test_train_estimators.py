@@ -9,7 +9,7 @@ from poselift.datasets.joints import COCO17
 from poselift.extract.estimators.famipose import FAMIPose, FamiConfig
 from poselift.extract.estimators.fastpose import FastPose
 from poselift.extract.estimators.hrnet import HRNet
-from poselift.extract.train_estimators import (augment, fami_optimizer, fami_train_step, gaussian_heatmaps,
+from poselift.extract.training.steps import (augment, fami_optimizer, fami_train_step, gaussian_heatmaps,
                                                render_figure, sikr_optimizer, sikr_train_step,
                                                synthetic_fami_batch, synthetic_sikr_batch)
 

@@ -9,11 +9,11 @@ from poselift.datasets.cache import CacheError, CacheHeader, CacheWriter
 from poselift.datasets.windows import gather_indices
 from poselift.lifting.checkpoint import load_checkpoint
 from poselift.lifting.config import apply_overrides
-from poselift.lifting.smpl_model import make_synthetic_smpl
-from poselift.lifting.tcmr_data import (MixedBatchSampler, TCMRWindowData, crop_normalise,
+from poselift.synthetic.smpl import make_synthetic_smpl
+from poselift.lifting.tcmr.data import (MixedBatchSampler, TCMRWindowData, crop_normalise,
                                         eval_windows, open_source, tcmr_stride, train_windows)
-from poselift.lifting.tcmr_synthetic import make_tiny_tcmr_caches
-from poselift.lifting.train_tcmr import TCMRConfig, train_tcmr
+from poselift.synthetic.tcmr import make_tiny_tcmr_caches
+from poselift.lifting.tcmr.train import TCMRConfig, train_tcmr
 
 F = 32
 
@@ -125,7 +125,9 @@ def test_mixed_sampler_split_proportions_and_determinism():
 def test_training_loss_decreases_and_resume_reproduces(caches, body, tmp_path):
     full = train_tcmr(_cfg(caches, body, tmp_path / "a", epochs=3))
     losses = [h["loss"] for h in full["history"]]
-    assert losses[-1] < 0.8 * losses[0], losses
+    # Epoch means (112 -> 86 -> 77 measured on an AMD EPYC, ratio 0.69); 0.85 leaves room for
+    # the rounding differences of other CPUs.
+    assert losses[-1] < 0.85 * losses[0], losses
     ck = load_checkpoint(tmp_path / "a" / "last.pt")
     assert not any(k.startswith("regressor.smpl.") for k in ck["state_dict"])
     assert ck["model_args"]["hidden_size"] == 16 and ck["epoch"] == 3
@@ -159,8 +161,8 @@ def test_bad_inputs_name_file_and_sequence(caches, body, tmp_path):
     _write_source(short, "nan", feats)
     src = open_source(short, "nan", feat_dim=F)
     data = TCMRWindowData(src, train_windows(src, 1))
-    with pytest.raises(CacheError, match=r"nan_features.h5: sequence 'vid': NaN/inf features in "
-                                         r"the window around frame 13"):
+    with pytest.raises(CacheError, match=r"nan_features.h5: sequence 'vid', field 'features': NaN/inf "
+                                         r"at frame 20 "):
         data.get_batch(np.arange(len(data)))
     with pytest.raises(KeyError, match="unknown config key 'epoch'"):
         apply_overrides(_cfg(caches, body, tmp_path / "c"), {"epoch": 3})

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from poselift.datasets.safe_pickle import UnsafePickleError, allowed_global_names, safe_torch_load
-from poselift.lifting.temporal_conv import TemporalModel, TemporalModelOptimized1f
-from poselift.lifting.videopose3d_ckpt import (
+from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelOptimized1f
+from poselift.lifting.videopose3d.interop import (
     CheckpointFormatError,
     export_videopose3d,
     infer_videopose3d_arch,

@@ -17,12 +17,12 @@ from poselift.datasets.importers.videopose3d import import_videopose3d
 from poselift.evaluation import evaluate_sequences
 from poselift.lifting.checkpoint import load_checkpoint
 from poselift.lifting.config import LiftConfig, load_config
-from poselift.lifting.infer_lifter import predict_sequence
-from poselift.lifting.lift_data import LiftData
-from poselift.lifting.lift_eval import evaluate_checkpoint, lifter_records, load_lifter
-from poselift.lifting.temporal_conv import TemporalModel, TemporalModelOptimized1f
-from poselift.lifting.train_lifter import evaluate_lifter, train_lifter
-from poselift.lifting.videopose3d_ckpt import export_videopose3d, load_videopose3d
+from poselift.lifting.videopose3d.infer import predict_sequence
+from poselift.lifting.videopose3d.data import LiftData
+from poselift.lifting.videopose3d.eval import evaluate_checkpoint, lifter_records, load_lifter
+from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelOptimized1f
+from poselift.lifting.videopose3d.train import evaluate_lifter, train_lifter
+from poselift.lifting.videopose3d.interop import export_videopose3d, load_videopose3d
 
 _spec = importlib.util.spec_from_file_location("vp3d_synth", Path(__file__).with_name("vp3d_synth.py"))
 synth = importlib.util.module_from_spec(_spec)
@@ -164,7 +164,7 @@ def test_resume_after_crash_is_exact(h36m, tmp_path, monkeypatch) -> None:
     cfg = tiny(h36m["gt"], h36m["kp"], tmp_path / "a", epochs=2, train_subjects=["S1"],
                unlabeled_subjects=["S5"], trajectory=True, warmup=1, batch_size=64)
     full = train_lifter(cfg, resume=False)
-    from poselift.lifting import semi_supervised
+    from poselift.lifting.videopose3d import semi_supervised
 
     calls = {"n": 0}
     real = semi_supervised.UnlabeledStream.next_batch

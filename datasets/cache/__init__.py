@@ -3,7 +3,8 @@ from .reader import Cache, SequenceInfo, common_sequences, open_cache
 from .schema import (FIELDS, KINDS, SCHEMA_NAME, SCHEMA_VERSION, CacheError, CacheHeader,
                      CacheMismatchError, IncompleteCacheError)
 from .storage import DEFAULT_POLICY, StoragePolicy
-from .writer import CacheWriter, SequenceStream
+from .stream import SequenceStream
+from .writer import CacheWriter
 
 __all__ = ["Cache", "SequenceInfo", "open_cache", "common_sequences", "CacheWriter", "SequenceStream",
            "CacheHeader", "CacheError", "CacheMismatchError", "IncompleteCacheError", "FIELDS",

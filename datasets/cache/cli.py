@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
+
+from poselift.core.cli import run_guarded
 
 from .schema import CacheError, CacheHeader
 from .verify import cache_info, format_info, verify_cache
@@ -25,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="skip re-hashing the data (faster; structure and values are still checked)")
     v.add_argument("--allow-nonfinite", action="store_true",
                    help="accept NaN/inf values (caches written with allow_nonfinite)")
+    v.add_argument("--deep", action="store_true",
+                   help="also re-read the committed parts of an interrupted writer and check that "
+                        "frame_index rises within every sequence")
     v.add_argument("--fingerprint", help="also require this content fingerprint (single path only)")
     v.add_argument("--json", action="store_true", help="print machine-readable JSON")
     f = sub.add_parser("finalize", help="merge the committed sequences of an interrupted writer into "
@@ -32,38 +36,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("path", type=Path, help="the cache file whose <path>.partial folder should be merged")
     add_merge_command(sub)
     args = p.parse_args(argv)
-    try:
-        if args.command == "info":
-            info = cache_info(args.path)
-            print(json.dumps(info, indent=2) if args.json else format_info(info))
-            return 0
-        if args.command == "verify":
-            results = [verify_cache(pth, check_digests=not args.no_digests,
-                                    allow_nonfinite=args.allow_nonfinite,
-                                    expect_fingerprint=args.fingerprint) for pth in args.paths]
-            if args.json:
-                print(json.dumps([r.to_dict() for r in results], indent=2))
-            else:
-                for r in results:
-                    status = "OK" if r.ok else f"{len(r.problems)} PROBLEM(S)"
-                    print(f"{r.path}: {status} ({r.sequences} sequences, {r.frames} frames)")
-                    for msg in r.problems:
-                        print(f"  problem: {msg}")
-                    for msg in r.warnings:
-                        print(f"  warning: {msg}")
-            return 0 if all(r.ok for r in results) else 1
-        if args.command == "merge":
-            return run_merge(args)
-        parts = partial_dir(args.path)
-        hdr = parts / "header.json"
-        if not hdr.exists():
-            raise CacheError(f"{args.path}: nothing to finalize ({hdr} does not exist)")
-        out = CacheWriter(args.path, CacheHeader.from_json(hdr.read_text())).finalize()
-        print(f"finalized {out}")
+    return run_guarded(f"poselift-cache {args.command}", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "info":
+        info = cache_info(args.path)
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
         return 0
-    except CacheError as e:
-        print(f"poselift-cache {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "verify":
+        results = [verify_cache(pth, check_digests=not args.no_digests,
+                                allow_nonfinite=args.allow_nonfinite,
+                                expect_fingerprint=args.fingerprint, deep=args.deep)
+                   for pth in args.paths]
+        if args.json:
+            print(json.dumps([r.to_dict() for r in results], indent=2))
+        else:
+            for r in results:
+                status = "OK" if r.ok else f"{len(r.problems)} PROBLEM(S)"
+                print(f"{r.path}: {status} ({r.sequences} sequences, {r.frames} frames)")
+                for msg in r.problems:
+                    print(f"  problem: {msg}")
+                for msg in r.warnings:
+                    print(f"  warning: {msg}")
+        return 0 if all(r.ok for r in results) else 1
+    if args.command == "merge":
+        return run_merge(args)
+    parts = partial_dir(args.path)
+    hdr = parts / "header.json"
+    if not hdr.exists():
+        raise CacheError(f"{args.path}: nothing to finalize ({hdr} does not exist)")
+    w = CacheWriter(args.path, CacheHeader.from_json(hdr.read_text()))
+    try:
+        out = w.finalize()
+    finally:
+        w.close()
+    print(f"finalized {out}")
+    return 0
 
 
 if __name__ == "__main__":

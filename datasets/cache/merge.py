@@ -9,14 +9,18 @@ that matters and how an ExternalLink index would avoid it).
 Rules: every input must be a finalised cache with the same header identity (kind, dataset,
 joint set, source incl. weights hash and preprocessing contract, inputs fingerprint); sequences
 are unioned; a sequence present in several inputs must have the same digest there (it is then
-copied once); a different digest is an error naming both files. The result carries ONE
-provenance record (the shared header) and the content fingerprint of the union. The output is
+copied once); a different digest is an error naming both files. When the inputs record
+per-input fingerprints, the overall inputs fingerprint may differ: a sequence whose input has
+a different fingerprint in a later input (a fixed video re-extracted into a new shard) is
+taken from that later input. The result carries ONE provenance record (the shared header,
+with the union of the per-input fingerprints) and the content fingerprint of the union. The output is
 written to ``<out>.tmp`` and renamed, so a crash leaves the old output (if any) untouched.
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +28,9 @@ from typing import Sequence
 
 import h5py
 
-from .schema import (SEQ_GROUP, CacheError, CacheHeader, CacheMismatchError, content_fingerprint,
-                     diff_identity)
+from .schema import (SEQ_GROUP, CacheError, CacheHeader, CacheMismatchError, belongs_to,
+                     compare_headers, content_fingerprint)
+from .lock import WriterLock
 from .storage import DEFAULT_POLICY, StoragePolicy
 from .writer import _copy_group, _fsync_path, partial_dir
 
@@ -57,13 +62,33 @@ def _header_of(path: Path) -> CacheHeader:
         raise CacheError(f"{path}: not a readable HDF5 file ({e}); truncated or corrupt") from e
 
 
+def _superseded(headers: list[CacheHeader], i: int) -> set[str]:
+    """Inputs of ``headers[i]`` whose fingerprint differs in a later header (newer extraction)."""
+    mine = headers[i].input_fingerprints
+    return {k for h in headers[i + 1:] for k, v in h.input_fingerprints.items()
+            if k in mine and mine[k] != v}
+
+
 def merge_caches(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                  remove_inputs: bool = False, policy: StoragePolicy = DEFAULT_POLICY) -> MergeResult:
     """Union the sequences of ``inputs`` into the cache ``out`` (atomically replaced).
 
     ``out`` may itself be one of the inputs (re-merging new shards into an existing cache).
     With ``remove_inputs`` the inputs other than ``out`` are deleted after the rename.
+
+    The output's writer lock is held throughout, so a merge and a writer (or a second merge)
+    never write the same cache at once.
     """
+    lock = WriterLock(Path(out))
+    lock.acquire()
+    try:
+        return _merge_locked(Path(out), inputs, remove_inputs=remove_inputs, policy=policy)
+    finally:
+        lock.release()
+
+
+def _merge_locked(out: Path, inputs: Sequence[str | os.PathLike], *, remove_inputs: bool,
+                  policy: StoragePolicy) -> MergeResult:
     out = Path(out)
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -71,9 +96,10 @@ def merge_caches(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     headers = [_header_of(p) for p in paths]
     ref, ref_path = headers[0], paths[0]
     for p, h in zip(paths[1:], headers[1:]):
-        diffs = diff_identity(h.identity(), ref.identity())
+        diffs, _ = compare_headers(h, ref)
         if diffs:
             raise CacheMismatchError(f"{p}: cannot be merged with {ref_path}: {'; '.join(diffs)}")
+    stale = [_superseded(headers, i) for i in range(len(paths))]
     res = MergeResult(out)
     tmp = out.with_name(out.name + ".tmp")
     digests: dict[str, str] = {}
@@ -81,11 +107,14 @@ def merge_caches(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     try:
         with h5py.File(tmp, "w") as dst:
             seqs = dst.create_group(SEQ_GROUP)
-            for p in paths:
+            for p, h, old in zip(paths, headers, stale):
                 n = 0
                 with h5py.File(p, "r") as f:
                     for gname, g in f[SEQ_GROUP].items():
                         sid, dig = str(g.attrs["seq_id"]), str(g.attrs["sha256"])
+                        if old and (sid in old or (sid not in h.input_fingerprints
+                                                   and belongs_to(sid, old))):
+                            continue  # its input changed; a later input holds the new version
                         if sid in digests:
                             if digests[sid] != dig:
                                 raise CacheError(
@@ -99,7 +128,10 @@ def merge_caches(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                         res.frames += int(g.attrs["n_frames"])
                         n += 1
                 res.per_input[str(p)] = n
-            dst.attrs.update(ref.to_attrs())
+            prints: dict[str, str] = {}
+            for h in headers:  # each shard records the inputs it extracted
+                prints.update(h.input_fingerprints)
+            dst.attrs.update(dataclasses.replace(headers[-1], input_fingerprints=prints).to_attrs())
             res.content_fingerprint = content_fingerprint(digests)
             dst.attrs["content_fingerprint"] = res.content_fingerprint
             dst.attrs["num_sequences"] = len(digests)

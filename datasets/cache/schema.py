@@ -10,9 +10,11 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import numpy as np
+
+from poselift.core.errors import UserError
 
 SCHEMA_NAME = "poselift-cache"
 SCHEMA_VERSION = 1
@@ -20,7 +22,7 @@ KINDS = ("gt", "keypoints2d", "features", "predictions", "detections")
 SEQ_GROUP = "sequences"
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """Any problem with a cache file; messages name the file, sequence and field."""
 
 
@@ -84,6 +86,9 @@ class CacheHeader:
     inputs_fingerprint: str = ""
     units: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # One fingerprint per input (video/sequence id -> sha256): a resume re-does only the
+    # sequences of inputs whose fingerprint changed (see ``compare_headers``).
+    input_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -109,6 +114,7 @@ class CacheHeader:
             "inputs_fingerprint": self.inputs_fingerprint,
             "units": json.dumps(self.units, sort_keys=True),
             "extra": json.dumps(self.extra, sort_keys=True),
+            "input_fingerprints": json.dumps(self.input_fingerprints, sort_keys=True),
             "poselift_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -121,7 +127,8 @@ class CacheHeader:
                        joint_set=str(attrs["joint_set"]) or None,
                        source=json.loads(attrs["source"]),
                        inputs_fingerprint=str(attrs["inputs_fingerprint"]),
-                       units=json.loads(attrs["units"]), extra=json.loads(attrs.get("extra", "{}")))
+                       units=json.loads(attrs["units"]), extra=json.loads(attrs.get("extra", "{}")),
+                       input_fingerprints=json.loads(attrs.get("input_fingerprints", "{}")))
         except KeyError as e:
             raise CacheError(f"{path}: root attribute {e.args[0]!r} is missing") from None
 
@@ -155,13 +162,31 @@ def diff_identity(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     return out
 
 
+def compare_headers(have: "CacheHeader", want: "CacheHeader") -> tuple[list[str], list[str]]:
+    """(setting differences, changed inputs) between a stored and a requested header.
+
+    When both record per-input fingerprints, inputs are compared one by one: the second list
+    names the inputs whose fingerprint changed (new inputs are not changes), and the overall
+    ``inputs_fingerprint`` is not a setting. Otherwise any input change is a setting difference.
+    """
+    a, b = have.identity(), want.identity()
+    if have.input_fingerprints and want.input_fingerprints:
+        a.pop("inputs_fingerprint")
+        b.pop("inputs_fingerprint")
+        changed = sorted(k for k, v in want.input_fingerprints.items()
+                         if k in have.input_fingerprints and have.input_fingerprints[k] != v)
+        return diff_identity(a, b), changed
+    return diff_identity(a, b), []
+
+
+def belongs_to(seq_id: str, inputs: "set[str] | list[str]") -> bool:
+    """Whether a sequence was made from one of ``inputs`` (its id, or ``<input>/<track>``)."""
+    return any(seq_id == k or seq_id.startswith(k + "/") for k in inputs)
+
+
 def group_name(seq_id: str) -> str:
     """HDF5-safe group name for a sequence id (``/`` would create nested groups)."""
     return quote(seq_id, safe=" -_.,()+=@:|[]")
-
-
-def seq_id_from_group(name: str) -> str:
-    return unquote(name)
 
 
 def array_digest(h: "hashlib._Hash", name: str, arr: np.ndarray) -> None:
@@ -179,6 +204,14 @@ def dataset_digest(h: "hashlib._Hash", name: str, dset: Any, slab: int = 4096) -
         return
     for s in range(0, dset.shape[0], slab):
         h.update(np.ascontiguousarray(dset[s:s + slab]).view(np.uint8).reshape(-1))
+
+
+def dataset_sha256(d: Any, slab: int = 4096) -> str:
+    """sha256 of a dataset's raw bytes, read in slabs (the per-field ``sha256`` attribute)."""
+    h = hashlib.sha256()
+    for s in range(0, d.shape[0], slab):
+        h.update(np.ascontiguousarray(d[s:s + slab]).view(np.uint8).reshape(-1))
+    return h.hexdigest()
 
 
 def group_digest(group: Any) -> str:

@@ -1,9 +1,12 @@
 """``cache info`` and ``cache verify``: describe a cache, and check it completely.
 
 verify checks: schema and header, every sequence group (marked complete, frame counts,
-field shapes/dtypes against the joint set), NaN/inf, per-sequence digests (bit rot or
-edits since writing) and the content fingerprint; it also reports left-over parts of an
-interrupted writer. Problems are collected, not raised, so one run lists all of them.
+field shapes/dtypes against the joint set, widths against the header's ``source``), NaN/inf,
+every stored array against its own sha256 (so a mismatch names the field) and the
+per-sequence digests (bit rot or edits since writing), and the content fingerprint; it also
+reports left-over parts of an interrupted writer. ``deep`` additionally re-reads every
+committed part of an interrupted writer the same way and checks that ``frame_index`` rises.
+Problems are collected, not raised, so one run lists all of them.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
 from .reader import Cache
 from .schema import (REQUIRED_FIELDS, SEQ_GROUP, CacheError, CacheHeader, content_fingerprint,
-                     group_digest, validate_field)
+                     dataset_sha256, group_digest, validate_field)
 from .writer import decode_attrs, partial_dir
 
 __all__ = ["cache_info", "verify_cache", "VerifyResult"]
@@ -65,11 +69,13 @@ class VerifyResult:
 
 
 def verify_cache(path: str | Path, *, check_digests: bool = True, allow_nonfinite: bool = False,
-                 expect_fingerprint: str | None = None) -> VerifyResult:
+                 expect_fingerprint: str | None = None, deep: bool = False) -> VerifyResult:
     """Check a cache completely; see the module docstring for what is checked."""
     path = Path(path)
     res = VerifyResult(str(path))
     parts = partial_dir(path)
+    if deep and parts.exists():
+        _verify_parts(path, parts, allow_nonfinite, res)
     if parts.exists():
         n = len(list(parts.glob("seq-*.h5")))
         msg = (f"{parts}: an interrupted writer left {n} committed sequence(s) that are not in the "
@@ -104,7 +110,7 @@ def verify_cache(path: str | Path, *, check_digests: bool = True, allow_nonfinit
         digests = {}
         for gname, g in grp.items():
             _verify_sequence(path, gname, g, n_joints, check_digests, allow_nonfinite, res, digests,
-                             REQUIRED_FIELDS.get(header.kind, ()))
+                             REQUIRED_FIELDS.get(header.kind, ()), header, deep)
         stored = str(f.attrs.get("content_fingerprint", ""))
         if len(digests) == len(grp) and content_fingerprint(digests) != stored:
             res.problems.append(f"{path}: content fingerprint {stored[:16]}... does not match the "
@@ -115,9 +121,51 @@ def verify_cache(path: str | Path, *, check_digests: bool = True, allow_nonfinit
     return res
 
 
+def _verify_parts(path: Path, parts: Path, allow_nonfinite: bool, res: VerifyResult) -> None:
+    """--deep: the committed parts of an interrupted writer get the same checks as the cache."""
+    hdr = parts / "header.json"
+    header = CacheHeader.from_json(hdr.read_text()) if hdr.exists() else None
+    n_joints = None
+    if header is not None and header.joint_set:
+        from ..joints import get_joint_set
+
+        n_joints = get_joint_set(header.joint_set).num_joints
+    required = REQUIRED_FIELDS.get(header.kind, ()) if header is not None else ()
+    for part in sorted(parts.glob("seq-*.h5")):
+        sub = VerifyResult(str(part))
+        try:
+            with h5py.File(part, "r") as f:
+                for gname, g in f[SEQ_GROUP].items():
+                    _verify_sequence(part, gname, g, n_joints, True, allow_nonfinite, sub, {},
+                                     required, header, True)
+        except (OSError, KeyError) as e:
+            sub.problems.append(f"{part}: unreadable committed part ({e})")
+        res.problems += sub.problems
+
+
+def _check_against_header(path: Path, sid: str, name: str, d: h5py.Dataset,
+                          header: CacheHeader | None) -> list[str]:
+    """Widths and dtypes the header's ``source`` promises must be the stored ones."""
+    src = header.source if header is not None and isinstance(header.source, dict) else {}
+    where = f"{path}: sequence {sid!r}, field {name!r}"
+    out = []
+    if name == "features":
+        dim = int(src.get("feature_dim") or 0)
+        if dim and (d.ndim != 2 or d.shape[1] != dim):
+            out.append(f"{where}: width {d.shape[1] if d.ndim == 2 else d.shape}, but the header's "
+                       f"source.feature_dim is {dim}")
+        if src.get("dtype") and str(d.dtype) != src["dtype"]:
+            out.append(f"{where}: dtype {d.dtype}, but the header's source.dtype is {src['dtype']}")
+    if name == "keypoints" and src.get("num_joints") and d.ndim == 3 and d.shape[1] != int(src["num_joints"]):
+        out.append(f"{where}: {d.shape[1]} joints, but the header's source.num_joints is "
+                   f"{src['num_joints']}")
+    return out
+
+
 def _verify_sequence(path: Path, gname: str, g: h5py.Group, n_joints: int | None, check_digests: bool,
                      allow_nonfinite: bool, res: VerifyResult, digests: dict[str, str],
-                     required: tuple[str, ...] = ()) -> None:
+                     required: tuple[str, ...] = (), header: CacheHeader | None = None,
+                     deep: bool = False) -> None:
     attrs = decode_attrs(g.attrs.items())
     sid = str(attrs.get("seq_id", gname))
     if not attrs.get("complete"):
@@ -141,6 +189,18 @@ def _verify_sequence(path: Path, gname: str, g: h5py.Group, n_joints: int | None
             for s in range(0, n, 65536):
                 slab = d[s:s + 65536]
                 validate_field(str(path), sid, name, slab, len(slab), n_joints, allow_nonfinite)
+            res.problems += _check_against_header(path, sid, name, d, header)
+            want = d.attrs.get("sha256")  # absent in caches written before per-field digests
+            if check_digests and want is not None and dataset_sha256(d) != str(want):
+                res.problems.append(f"{path}: sequence {sid!r}, field {name!r}: stored data differs "
+                                    f"from its sha256 recorded at writing (corrupted or edited)")
+            if deep and name == "frame_index" and n > 1:
+                fi = d[()]
+                bad = np.flatnonzero(np.diff(fi) <= 0)
+                if bad.size:
+                    res.problems.append(f"{path}: sequence {sid!r}, field 'frame_index': not "
+                                        f"increasing at row {int(bad[0]) + 1} ({int(fi[bad[0]])} then "
+                                        f"{int(fi[bad[0] + 1])})")
         except CacheError as e:
             res.problems.append(str(e))
         except OSError as e:

@@ -13,11 +13,14 @@ How atomicity works (HDF5 has no journal, so a killed process can corrupt an ope
 """
 from __future__ import annotations
 
-import errno
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,11 +28,14 @@ import h5py
 import numpy as np
 
 from .schema import (SEQ_GROUP, CacheError, CacheHeader, CacheMismatchError, REQUIRED_FIELDS,
-                     content_fingerprint, diff_identity, group_digest, group_name, sequence_digest,
-                     validate_field)
+                     belongs_to, compare_headers, content_fingerprint, group_digest, group_name,
+                     sequence_digest, validate_field)
+from .lock import WriterLock, discard_writes, disk_full_message, is_disk_full
 from .storage import StoragePolicy, DEFAULT_POLICY
 
 __all__ = ["CacheWriter", "partial_dir"]
+
+log = logging.getLogger(__name__)
 
 
 def partial_dir(path: Path) -> Path:
@@ -44,9 +50,26 @@ def _fsync_path(p: Path) -> None:
         os.close(fd)
 
 
-def _disk_full_message(path: Path, err: OSError) -> str:
-    return (f"{path}: no space left on the device while writing ({err}); committed sequences are "
-            f"kept in {partial_dir(path)} - free space and re-run the same command to resume")
+def _disk_full_message(path: Path, err: BaseException, pending_bytes: int = 0) -> str:
+    return disk_full_message(path, partial_dir(path), pending_bytes, err)
+
+
+def _unique_tmp(final: Path) -> Path:
+    """A temporary name no other process or stream can share (never fixed by sequence id)."""
+    return final.with_name(f"{final.stem}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def field_sha256(arr: np.ndarray) -> str:
+    """sha256 of one field's raw bytes (stored as the dataset's ``sha256`` attribute)."""
+    return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)).hexdigest()
+
+
+def _check_width(path: Path, header: CacheHeader, seq_id: str, name: str, arr: np.ndarray) -> None:
+    """The header's ``source.feature_dim`` must be the stored width (0/absent: not recorded)."""
+    dim = int(header.source.get("feature_dim") or 0) if isinstance(header.source, dict) else 0
+    if name == "features" and dim and arr.ndim == 2 and arr.shape[1] != dim:
+        raise CacheError(f"{path}: sequence {seq_id!r}, field 'features': width {arr.shape[1]}, but "
+                         f"the header's source.feature_dim is {dim}")
 
 
 class CacheWriter:
@@ -77,37 +100,77 @@ class CacheWriter:
             from ..joints import get_joint_set
 
             self._num_joints = get_joint_set(header.joint_set).num_joints
+        # The lock comes first: nothing (not even --overwrite) touches the cache or its parts
+        # while another writer holds it.
+        self._lock = WriterLock(self.path)
+        self._lock.acquire()
+        self._streams: weakref.WeakSet = weakref.WeakSet()  # open SequenceStreams
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, overwrite: bool) -> None:
         if overwrite:
             shutil.rmtree(self.parts, ignore_errors=True)
             self.path.unlink(missing_ok=True)
+        self.changed_inputs: list[str] = []
+        self._fps = dict(self.header.input_fingerprints)
         self._existing: dict[str, str] = self._read_existing()
         self._committed: dict[str, str] = {}
         self.parts.mkdir(parents=True, exist_ok=True)
         hdr = self.parts / "header.json"
         if hdr.exists():
-            old = CacheHeader.from_json(hdr.read_text())
-            diffs = diff_identity(old.identity(), header.identity())
-            if diffs:
-                raise CacheMismatchError(
-                    f"{self.path}: an interrupted run with different settings left {self.parts}; "
-                    f"differences: {'; '.join(diffs)}. Use overwrite=True (--overwrite) to discard it")
-        else:
-            tmp = hdr.with_suffix(".tmp")
-            tmp.write_text(header.to_json())
-            os.replace(tmp, hdr)
+            self._reconcile(CacheHeader.from_json(hdr.read_text()), f"an interrupted run left "
+                            f"{self.parts}", "to discard it")
         self._committed.update(self._scan_parts())
+        if self.changed_inputs:
+            for sid in [s for s in self._committed if self._stale(s)]:
+                self._part_path(sid).unlink(missing_ok=True)
+                del self._committed[sid]
+            self._existing = {s: d for s, d in self._existing.items() if not self._stale(s)}
+            log.warning("%s: input(s) changed since they were extracted: %s; re-extracting only "
+                        "their sequences", self.path, ", ".join(self.changed_inputs))
+        if self._fps:  # what the cache will record: every input it holds sequences of
+            self.header = dataclasses.replace(self.header, input_fingerprints=self._fps)
+        tmp = _unique_tmp(hdr)
+        tmp.write_text(self.header.to_json())
+        os.replace(tmp, hdr)
+
+    def _reconcile(self, old: CacheHeader, what: str, fix: str) -> None:
+        """Refuse other settings (naming them); note changed inputs; keep old inputs' prints."""
+        diffs, changed = compare_headers(old, self.header)
+        if diffs:
+            raise CacheMismatchError(f"{self.path}: {what} with different settings: "
+                                     f"{'; '.join(diffs)}. Use overwrite=True (--overwrite) {fix}")
+        self.changed_inputs = sorted(set(self.changed_inputs) | set(changed))
+        if self._fps:
+            self._fps = {**old.input_fingerprints, **self._fps}
+
+    def _stale(self, seq_id: str) -> bool:
+        return seq_id in self.changed_inputs or (
+            seq_id not in self._fps and belongs_to(seq_id, self.changed_inputs))
+
+    def close(self) -> None:
+        """Drop unfinished streams (closing their HDF5 files now, not at interpreter exit)
+        and release the writer lock. Committed parts stay for a resume."""
+        for st in list(self._streams):
+            st.abort()
+        self._lock.release()
 
     # -- state ---------------------------------------------------------------------------
     def _read_existing(self) -> dict[str, str]:
         """Digests of sequences already in a finalised cache (which must match our header)."""
         if not self.path.exists():
             return {}
-        with h5py.File(self.path, "r") as f:
-            old = CacheHeader.from_attrs(f.attrs, str(self.path))
-            diffs = diff_identity(old.identity(), self.header.identity())
-            if diffs:
-                raise CacheMismatchError(f"{self.path}: exists with different settings: "
-                                         f"{'; '.join(diffs)}. Use overwrite=True (--overwrite)")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise CacheError(f"{self.path}: the existing cache is not a readable HDF5 file ({e}); it "
+                             f"is truncated or corrupt - move it away or use --overwrite") from None
+        with f:
+            self._reconcile(CacheHeader.from_attrs(f.attrs, str(self.path)), "exists", "to replace it")
             grp = f.get(SEQ_GROUP)
             if grp is None:
                 return {}
@@ -157,22 +220,23 @@ class CacheWriter:
         for name, arr in arrays.items():
             validate_field(str(self.path), seq_id, name, arr, n, self._num_joints,
                            self.allow_nonfinite)
+            _check_width(self.path, self.header, seq_id, name, arr)
         digest = sequence_digest(arrays)
         final = self._part_path(seq_id)
-        tmp = final.with_suffix(".tmp")
+        tmp = _unique_tmp(final)
         try:
             with h5py.File(tmp, "w") as f:
                 g = f.create_group(SEQ_GROUP).create_group(group_name(seq_id))
                 for k, arr in arrays.items():
-                    self.policy.create(g, k, arr)
+                    self.policy.create(g, k, arr).attrs["sha256"] = field_sha256(arr)
                 g.attrs.update(_encode_attrs(attrs or {}))
                 g.attrs.update({"seq_id": seq_id, "n_frames": n, "sha256": digest, "complete": True})
             _fsync_path(tmp)
             os.replace(tmp, final)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            if e.errno == errno.ENOSPC or "No space" in str(e):
-                raise CacheError(_disk_full_message(self.path, e)) from e
+            if is_disk_full(e):
+                raise CacheError(_disk_full_message(self.path, e, sum(a.nbytes for a in arrays.values()))) from None
             raise CacheError(f"{self.path}: writing sequence {seq_id!r} failed: {e}") from e
         self._committed[seq_id] = digest
 
@@ -181,6 +245,8 @@ class CacheWriter:
         Memory stays bounded by one batch; nothing is visible until ``commit`` succeeds."""
         if self.has(seq_id):
             raise CacheError(f"{self.path}: sequence {seq_id!r} was already written")
+        from .stream import SequenceStream
+
         return SequenceStream(self, seq_id, attrs or {})
 
     def _part_path(self, seq_id: str) -> Path:
@@ -191,99 +257,62 @@ class CacheWriter:
         """Merge the finalised cache and all parts into one file, atomically."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         digests: dict[str, str] = {}
+        out = None
         try:
-            with h5py.File(tmp, "w") as out:
-                seqs = out.create_group(SEQ_GROUP)
-                sources: list[Path] = ([self.path] if self.path.exists() else [])
-                sources += sorted(self.parts.glob("seq-*.h5"))
-                for src in sources:
-                    with h5py.File(src, "r") as f:
-                        for gname, g in f[SEQ_GROUP].items():
-                            sid = str(g.attrs["seq_id"])
-                            if sid in digests:
-                                continue  # finalised copy wins over a leftover part
-                            _copy_group(g, seqs, gname, self.policy)
-                            digests[sid] = str(g.attrs["sha256"])
-                out.attrs.update(self.header.to_attrs())
-                out.attrs["content_fingerprint"] = content_fingerprint(digests)
-                out.attrs["num_sequences"] = len(digests)
+            out = h5py.File(tmp, "w")
+            seqs = out.create_group(SEQ_GROUP)
+            sources: list[Path] = ([self.path] if self.path.exists() else [])
+            sources += sorted(self.parts.glob("seq-*.h5"))
+            for src in sources:
+                with h5py.File(src, "r") as f:
+                    for gname, g in f[SEQ_GROUP].items():
+                        sid = str(g.attrs["seq_id"])
+                        if sid in digests or (src == self.path and sid not in self._existing):
+                            continue  # finalised copy wins over a leftover part; stale inputs go
+                        _copy_group(g, seqs, gname, self.policy)
+                        digests[sid] = str(g.attrs["sha256"])
+            out.attrs.update(self.header.to_attrs())
+            out.attrs["content_fingerprint"] = content_fingerprint(digests)
+            out.attrs["num_sequences"] = len(digests)
+            out.close()
             _fsync_path(tmp)
             os.replace(tmp, self.path)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # h5py raises some write failures as RuntimeError
+            full = is_disk_full(e)
+            if out is not None and out.id.valid:
+                if full:
+                    discard_writes(out)  # the closing flush must not hit the full disk again
+                try:
+                    out.close()
+                except Exception:
+                    pass
             tmp.unlink(missing_ok=True)
-            if e.errno == errno.ENOSPC or "No space" in str(e):
-                raise CacheError(_disk_full_message(self.path, e)) from e
+            if full:
+                raise CacheError(_disk_full_message(self.path, e)) from None
+            if isinstance(e, RuntimeError):
+                raise CacheError(f"{self.path}: finalize failed: {e}") from e
             raise
         shutil.rmtree(self.parts, ignore_errors=True)
         self._existing, self._committed = digests, {}
         return self.path
 
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            try:
+                lock.release()
+            except Exception:  # interpreter shutdown; the OS drops the lock with the process
+                pass
+
     def __enter__(self) -> "CacheWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finalize()
-
-
-class SequenceStream:
-    """An appendable sequence inside a writer's part folder (see ``CacheWriter.begin_sequence``)."""
-
-    CHUNK_ROWS = 64  # appendable datasets need chunks; 16-64 rows read well (ENVIRONMENT.md)
-
-    def __init__(self, writer: CacheWriter, seq_id: str, attrs: dict[str, Any]) -> None:
-        self.writer, self.seq_id, self.attrs = writer, seq_id, attrs
-        self.final = writer._part_path(seq_id)
-        self.tmp = self.final.with_suffix(".tmp")
-        self._f = h5py.File(self.tmp, "w")
-        self._g = self._f.create_group(SEQ_GROUP).create_group(group_name(seq_id))
-        self.n = 0
-
-    def append(self, arrays: dict[str, np.ndarray]) -> None:
-        """Append a batch of frames; every field must be present in every batch."""
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        b = len(next(iter(arrays.values())))
-        if self.n and set(arrays) != set(self._g.keys()):
-            raise CacheError(f"{self.writer.path}: sequence {self.seq_id!r}: batch fields "
-                             f"{sorted(arrays)} differ from earlier batches {sorted(self._g.keys())}")
-        for k, a in arrays.items():
-            validate_field(str(self.writer.path), self.seq_id, k, a, b, self.writer._num_joints,
-                           self.writer.allow_nonfinite)
-            if k not in self._g:
-                self._g.create_dataset(k, shape=(0,) + a.shape[1:], maxshape=(None,) + a.shape[1:],
-                                       dtype=a.dtype, chunks=(self.CHUNK_ROWS,) + a.shape[1:])
-            d = self._g[k]
-            d.resize(self.n + b, axis=0)
-            d[self.n:self.n + b] = a
-        self.n += b
-
-    def commit(self) -> None:
-        w = self.writer
-        missing = [k for k in REQUIRED_FIELDS[w.header.kind] if k not in self._g]
-        if self.n == 0 or missing:
-            self.abort()
-            raise CacheError(f"{w.path}: sequence {self.seq_id!r} has "
-                             + ("zero frames" if self.n == 0 else f"no field(s) {missing}"))
         try:
-            digest = group_digest(self._g)
-            self._g.attrs.update(_encode_attrs(self.attrs))
-            self._g.attrs.update({"seq_id": self.seq_id, "n_frames": self.n, "sha256": digest,
-                                  "complete": True})
-            self._f.close()
-            _fsync_path(self.tmp)
-            os.replace(self.tmp, self.final)
-        except OSError as e:
-            self.abort()
-            if e.errno == errno.ENOSPC or "No space" in str(e):
-                raise CacheError(_disk_full_message(w.path, e)) from e
-            raise
-        w._committed[self.seq_id] = digest
-
-    def abort(self) -> None:
-        """Drop an unfinished sequence (for example after a decode error mid-video)."""
-        if self._f.id.valid:
-            self._f.close()
-        self.tmp.unlink(missing_ok=True)
+            if exc_type is None:
+                self.finalize()
+        finally:
+            self.close()
 
 
 def _copy_group(src: h5py.Group, dst_parent: h5py.Group, name: str, policy: StoragePolicy) -> None:

@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..cache import CacheError
-from .safe_npz import NpzFormatError, UnsafePickleError
-from .videopose3d import DATASETS, LAYOUTS, VideoPose3DImportError, import_videopose3d
+from poselift.core.cli import run_guarded
+
+from .videopose3d import DATASETS, LAYOUTS, import_videopose3d
 
 __all__ = ["main", "build_parser"]
 
@@ -80,18 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tcmr":
         from . import tcmr_import_cli
 
-        return tcmr_import_cli.run(args)
+        return run_guarded("poselift-import tcmr", lambda: tcmr_import_cli.run(args))
     if args.command == "videopose3d":
-        try:
+        def run() -> int:
             report = import_videopose3d(args.data_3d, args.data_2d, args.dataset, args.out,
                                         joint_set=args.joint_set, only_in_2d=args.only_2d,
                                         trust_pickle=args.trust_pickle, overwrite=args.overwrite)
-        except (VideoPose3DImportError, NpzFormatError, UnsafePickleError, CacheError,
-                KeyError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            print(f"poselift-import: error: {msg}", file=sys.stderr)
-            return 2
-        print(report.summary())
+            print(report.summary())
+            return 0
+
+        return run_guarded("poselift-import", run)
     return 0
 
 

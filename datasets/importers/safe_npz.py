@@ -21,10 +21,12 @@ import numpy as np
 
 from ..safe_pickle import UnsafePickleError, safe_pickle_load
 
+from poselift.core.errors import UserError
+
 __all__ = ["UnsafePickleError", "NpzFormatError", "load_npz_member", "npz_members", "sha256_file"]
 
 
-class NpzFormatError(ValueError):
+class NpzFormatError(UserError, ValueError):
     """The file is not a readable ``.npz`` archive or lacks a member."""
 
 

@@ -26,9 +26,11 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
+
+from poselift.core.errors import UserError
 
 from ..cache import CacheHeader, CacheWriter
 
@@ -36,13 +38,13 @@ __all__ = ["TCMRImportError", "DBSpec", "DB_SPECS", "load_db", "video_runs", "im
            "parse_frame_ids", "file_fingerprint", "ImportSummary"]
 
 
-class TCMRImportError(ValueError):
+class TCMRImportError(UserError, ValueError):
     """A DB file is malformed or unsafe; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
 class DBSpec:
-    """Per-dataset facts of the reference DB writers (tcmr.md §3.1-3.2)."""
+    """Per-dataset facts of the reference DB writers."""
 
     kp2d_layout: str
     kp3d_layout: dict[str, str] | None  # split -> layout; None for 2D-only datasets
@@ -69,14 +71,30 @@ def _allowed_globals() -> dict[str, Any]:
 
     allowed = plain_safe_globals()  # numpy arrays/scalars/dtypes, plain containers
     allowed["joblib.numpy_pickle.NumpyArrayWrapper"] = NumpyArrayWrapper
-    allowed["numpy.memmap"] = np.memmap
-    allowed["numpy.core.memmap.memmap"] = np.memmap
-    allowed["numpy._core.memmap.memmap"] = np.memmap
+    # numpy.memmap is only legitimate as the ``subclass`` a NumpyArrayWrapper records; the
+    # real class, called by REDUCE, creates or truncates any file (mode 'w+'). The name
+    # resolves to a marker that refuses to be called; load_build swaps it for np.memmap
+    # (joblib itself maps the array from this DB file, read-only).
+    for name in _MEMMAP_NAMES:
+        allowed[name] = _MemmapName
     return allowed
+
+
+_MEMMAP_NAMES = ("numpy.memmap", "numpy.core.memmap.memmap", "numpy._core.memmap.memmap")
+
+
+class _MemmapName:
+    """Stands in for numpy.memmap inside a DB pickle; calling it is refused."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_MemmapName":
+        raise TCMRImportError("refused to call global 'numpy.memmap' (it opens, creates or "
+                              "truncates files); only joblib's array wrapper may name it")
 
 
 def _make_unpickler(trust: bool, source: str) -> type:
     from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
+
+    from ..safe_pickle import _latin1_encoder
 
     allowed = _allowed_globals()
 
@@ -87,6 +105,8 @@ def _make_unpickler(trust: bool, source: str) -> type:
             full = f"{module}.{name}"
             if trust:
                 return super().find_class(module, name)
+            if full == "_codecs.encode":
+                return _latin1_encoder(source)
             if full in allowed:
                 return allowed[full]
             raise TCMRImportError(f"{source}: refused to unpickle global {full!r} (not a plain "
@@ -95,6 +115,8 @@ def _make_unpickler(trust: bool, source: str) -> type:
 
         def load_build(self) -> None:
             inst, state = self.stack[-2], self.stack[-1]
+            if isinstance(state, dict) and state.get("subclass") is _MemmapName:
+                state["subclass"] = np.memmap
             if (not trust and isinstance(inst, NumpyArrayWrapper) and isinstance(state, dict)
                     and np.dtype(state.get("dtype", "f4")).hasobject):
                 # joblib reads object arrays with an unrestricted pickle.load
@@ -135,8 +157,14 @@ def load_db(path: str | os.PathLike, *, trust: bool = False, mmap: bool = True) 
                 up = cls(str(path), fobj, mmap_mode=mode)
             try:
                 obj = up.load()
-            except TCMRImportError:
-                raise
+            except TCMRImportError as e:
+                if str(e).startswith(str(path)):
+                    raise
+                raise TCMRImportError(f"{path}: {e}") from None
+            except pickle.UnpicklingError as e:  # the latin-1-only codec guard
+                if type(e).__name__ == "UnsafePickleError":
+                    raise TCMRImportError(str(e)) from None
+                raise TCMRImportError(f"{path}: cannot read DB file ({type(e).__name__}: {e})") from e
             except Exception as e:  # truncated or not a joblib pickle
                 raise TCMRImportError(f"{path}: cannot read DB file ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
@@ -387,9 +415,3 @@ def _label_arrays(db: Any, a: int, b: int, fi: np.ndarray, has_3d: bool, has_smp
     if has_bbox:
         out["bbox_cxcywh"] = np.asarray(db["bbox"][a:b], dtype=np.float32)
     return out
-
-
-def iter_db_keys(db: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], str]]:
-    """(key, shape, dtype) of every array in a loaded DB (for ``--inspect``)."""
-    for k, v in db.items():
-        yield k, tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", type(v).__name__))

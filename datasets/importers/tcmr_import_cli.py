@@ -9,8 +9,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..cache import CacheError
-from .tcmr_db import DB_SPECS, TCMRImportError
+from poselift.core.cli import run_guarded
+
+from .tcmr_db import DB_SPECS
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -40,7 +41,8 @@ def run(a: argparse.Namespace) -> int:
         from .tcmr_db import import_tcmr_db
 
         if not a.dataset:
-            raise ValueError("--db needs --dataset")
+            raise ValueError(f"--db {a.db} needs --dataset (one of {', '.join(sorted(DB_SPECS))}): "
+                             "the DB file does not say which dataset it holds")
         s = import_tcmr_db(a.db, a.dataset, a.out, name=a.name, features_dtype=a.features_dtype,
                            noncontiguous=a.noncontiguous, trust=a.trust_pickle, overwrite=a.overwrite)
     elif a.insta:
@@ -65,11 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="poselift-import tcmr", description=__doc__.splitlines()[0])
     add_arguments(p)
     a = p.parse_args(argv)
-    try:
-        return run(a)
-    except (TCMRImportError, CacheError, KeyError, ValueError, FileNotFoundError) as e:
-        print(f"poselift-import tcmr: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    return run_guarded("poselift-import tcmr", lambda: run(a))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from poselift.core.errors import UserError
+
 from ..joints import H36M32_TO_17, get_joint_set
 from .safe_npz import load_npz_member
 
@@ -20,7 +22,7 @@ __all__ = ["VideoPose3DImportError", "DatasetSpec", "DATASETS", "LAYOUTS", "read
            "Source2D", "read_positions_2d", "source_name", "check_finite", "get_spec"]
 
 
-class VideoPose3DImportError(ValueError):
+class VideoPose3DImportError(UserError, ValueError):
     """Bad or inconsistent VideoPose3D input; the message names file/subject/action."""
 
 

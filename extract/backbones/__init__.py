@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from .checkpoint import CheckpointError, file_sha256, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, file_sha256, load_checkpoint
 from .resnet import (ResNet, infer_resnet_depth, load_spin_backbone, load_torchvision_resnet,
                      resnet)
 

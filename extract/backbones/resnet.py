@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, check_keys, file_sha256, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, check_keys, file_sha256, load_checkpoint
+from poselift.zoo import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def _state_and_name(src: str | os.PathLike | Mapping[str, Any], trust: bool,
     if isinstance(src, Mapping):
         obj, where, sha = src, "<state dict>", ""
     else:
+        src = resolve_weights(src)  # a zoo name ("resnet50-imagenet-v1", "spin-hmr") or a path
         obj, where = load_checkpoint(src, trust=trust), str(src)
         sha = file_sha256(src)
     for k in wrapper_keys:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poselift.zoo import resolve_weights
+
 __all__ = [
     "SELayer", "Bottleneck", "SEResNet", "DUC", "FastPose", "FASTPOSE_VARIANTS",
     "RESNET_DEPTHS", "fastpose_config_from_state_dict", "load_alphapose", "read_state_dict",
@@ -222,10 +224,10 @@ def read_state_dict(path: str | Path, map_location: str | torch.device = "cpu",
     path = Path(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(
-            f"{path}: refused to unpickle (weights_only=True); pass trust=True only for files "
-            f"you trust. Cause: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    except pickle.UnpicklingError as e:  # one line naming file and global, not torch's paragraph
+        from poselift.datasets.safe_pickle import torch_refusal
+
+        raise torch_refusal(str(path), e) from None
     if isinstance(obj, Mapping):
         for wrap in ("state_dict", "model"):
             if wrap in obj and isinstance(obj[wrap], Mapping):
@@ -264,6 +266,7 @@ def load_alphapose(path: str | Path, num_joints: int | None = None,
     Returns the model in eval mode on ``map_location``. ``num_joints``, when given, must match
     ``conv_out``'s output channels.
     """
+    path = resolve_weights(path)  # a zoo name ("alphapose-fastpose-coco17") or a path
     source = str(path)
     sd = read_state_dict(path, map_location=map_location, trust=trust)
     cfg = fastpose_config_from_state_dict(sd, source)

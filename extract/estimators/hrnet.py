@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from poselift.extract.backbones.checkpoint import CheckpointError, check_keys, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, check_keys, load_checkpoint
+from poselift.zoo import resolve_weights
 
 __all__ = ["HRNet", "BasicBlock", "Bottleneck", "load_hrnet", "infer_hrnet_config", "read_checkpoint",
            "load_state_dict_strict", "extract_state_dict", "CheckpointError", "BACKBONES"]
@@ -274,8 +275,9 @@ def load_hrnet(path_or_state_dict: str | Path | Mapping[str, torch.Tensor], pref
         source = "state dict"
         sd = extract_state_dict(path_or_state_dict, source)
     else:
-        source = str(path_or_state_dict)
-        sd = extract_state_dict(read_checkpoint(path_or_state_dict, trust), source)
+        path = resolve_weights(path_or_state_dict)  # a zoo name ("hrnet-w32-coco-256x192") or a path
+        source = str(path)
+        sd = extract_state_dict(read_checkpoint(path, trust), source)
     if prefix is None and sd and all(k.startswith("hrnet.") for k in sd):
         prefix = "hrnet."
     if prefix:

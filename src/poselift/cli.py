@@ -16,6 +16,7 @@ STAGES = {
     "evaluate": ("poselift.lifting.evaluate_cli", "evaluate checkpoints or saved predictions"),
     "cache": ("poselift.datasets.cache.cli", "inspect, verify and finalise caches"),
     "infer": ("poselift.infer.cli", "video(s) -> detect, track, 2D, lift -> 3D, MP4, report.html"),
+    "weights": ("poselift.zoo.cli", "published checkpoints by name: list, fetch, verify"),
 }
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheHeader, CacheWriter
 
@@ -72,7 +72,7 @@ def build_demo_data(root: Path, s: DemoSettings, progress: bool = True) -> tuple
     fingerprint = hashlib.sha256(repr((s, sorted(SUBJECTS.items()), sorted(MOTIONS))).encode()).hexdigest()
     clips: list[DemoClip] = []
     jobs = [(sub, act, cam) for sub in SUBJECTS for act in MOTIONS for cam in cams]
-    for sub, act, cam in tqdm(jobs, desc="render videos", unit="clip", disable=not progress):
+    for sub, act, cam in progress_bar(jobs, desc="render videos", unit="clip", progress=progress):
         body = make_body(*SUBJECTS[sub])
         world = animate(body, act, s.frames, s.fps, phase=float(rng.uniform(0, 2)))
         jc = cam.to_camera(world).astype(np.float32)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 
+from poselift.core.progress import add_progress_flags, progress_mode
+
 from .data import DemoSettings, build_demo_data
 
 __all__ = ["main", "run_demo"]
@@ -83,7 +85,7 @@ def _infer_clip(clips, det_path: Path, checkpoint: str, out: Path, progress: boo
 def _baseline_mpjpe_mm(train, test) -> float:
     """A constant mean pose (average root-relative training pose) for every test frame."""
     from poselift.evaluation import mpjpe
-    from poselift.lifting.lift_data import root_relative
+    from poselift.lifting.videopose3d.data import root_relative
 
     mean = np.concatenate([root_relative(train.sequence_targets(s)) for s in train.ids]).mean(0)
     errs = [mpjpe(np.broadcast_to(mean, (len(g), *mean.shape)), g)
@@ -94,9 +96,9 @@ def _baseline_mpjpe_mm(train, test) -> float:
 def run_demo(out: Path, *, epochs: int = 60, frames: int = 80, channels: int = 256,
              feature_step: int = 4, skip_features: bool = False, progress: bool = True) -> dict:
     from poselift.lifting.config import LiftConfig
-    from poselift.lifting.lift_data import LiftData
-    from poselift.lifting.lift_eval import evaluate_checkpoint
-    from poselift.lifting.train_lifter import train_lifter
+    from poselift.lifting.videopose3d.data import LiftData
+    from poselift.lifting.videopose3d.eval import evaluate_checkpoint
+    from poselift.lifting.videopose3d.train import train_lifter
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -179,13 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="extract features for every n-th video frame (default 4, to keep the demo within about 3 minutes on 2 CPU cores)")
     p.add_argument("--skip-features", action="store_true", help="skip the ResNet-50 feature extraction")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_flags(p)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     result = run_demo(a.out, epochs=a.epochs, frames=a.frames, channels=a.channels,
                       feature_step=a.feature_step, skip_features=a.skip_features,
-                      progress=not a.no_progress)
+                      progress=progress_mode(a))
     _print(result, a.out)
     if result["lifter_mpjpe_mm"] >= result["baseline_mean_pose_mpjpe_mm"]:
         print("WARNING: the lifter did not beat the mean-pose baseline")

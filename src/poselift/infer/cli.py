@@ -9,6 +9,8 @@ import logging
 import sys
 from typing import Sequence
 
+from poselift.core.progress import add_progress_flags, progress_mode
+
 from .pipeline import InferOptions, run_infer
 
 __all__ = ["main", "build_parser"]
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="empty an output folder made for other inputs")
     x.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of the checkpoints (runs code from the files: trusted files only)")
-    x.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_progress_flags(p)
     return p
 
 
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      track_max_gap=a.track_max_gap, flip=not a.no_flip,
                      render=not a.no_render, max_panels=a.max_panels, render_height=a.render_height,
                      device=a.device, overwrite=a.overwrite, trust_checkpoint=a.trust_checkpoint,
-                     progress=not a.no_progress)
+                     progress=progress_mode(a))
     from poselift.datasets.cache import CacheError
     from poselift.extract.video import VideoError
     from poselift.lifting.checkpoint import CheckpointError

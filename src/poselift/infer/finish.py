@@ -31,7 +31,7 @@ def _label(t: TrackResult) -> str:
 def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[TrackResult]],
                   settings: dict[str, Any], notes: list[str], timings: dict[str, float], o: Any,
                   joint_set_3d: str) -> dict[str, str]:
-    from tqdm import tqdm
+    from poselift.core.progress import progress_bar
 
     paths: dict[str, str] = {}
     pages = []
@@ -62,8 +62,8 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             mp4 = d / "render.mp4"
             views = [TrackView(_label(t), t.track_id, t.frames, t.detected, t.boxes, t.kp2d,
                                t.joint_set_2d, to_world_upright(t.joints3d), t.joint_set_3d) for t in vt]
-            frames = tqdm(read_frames(v), total=v.n_frames, unit="frame", disable=not o.progress,
-                          desc=f"render {v.video_id}")
+            frames = progress_bar(read_frames(v), total=v.n_frames, unit="frame", progress=o.progress,
+                                  desc=f"render {v.video_id}")
             web = render_video(frames, v.size, views, mp4, v.fps, height=o.render_height,
                                max_panels=o.max_panels, preview=d / "render.webm")["preview"]
             t_render += time.perf_counter() - t0

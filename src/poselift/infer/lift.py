@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from poselift.datasets.joints import conversion_matrix, get_joint_set
-from poselift.lifting.infer_lifter import predict_sequence
-from poselift.lifting.temporal_conv import TemporalModel
+from poselift.lifting.videopose3d.infer import predict_sequence
+from poselift.lifting.videopose3d.model import TemporalModel
 
 __all__ = ["Lifter", "load_any_lifter", "interpolate_missing", "normalize_by_width", "to_lifter_joints",
            "JointSetMismatch", "lift_track"]
@@ -65,8 +65,8 @@ def load_any_lifter(path: str | os.PathLike, *, joints_in: str | None = None, jo
     COCO-17 and 17 outputs as H36M-17 (the released detectron-COCO model) unless given."""
     from poselift.extract.backbones import file_sha256
     from poselift.lifting.checkpoint import load_checkpoint
-    from poselift.lifting.lift_eval import load_lifter
-    from poselift.lifting.videopose3d_ckpt import load_videopose3d
+    from poselift.lifting.videopose3d.eval import load_lifter
+    from poselift.lifting.videopose3d.interop import load_videopose3d
 
     p = Path(path)
     if not p.exists():

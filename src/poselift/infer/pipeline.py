@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
+from poselift.core.progress import Progress, progress_bar
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
 from poselift.datasets.cache.writer import partial_dir
 from poselift.datasets.joints import get_joint_set
@@ -63,7 +63,7 @@ class InferOptions:
     device: str = "auto"
     overwrite: bool = False
     trust_checkpoint: bool = False
-    progress: bool = True
+    progress: Progress = True  # True/'auto', 'bar', 'lines' or False/'off' (poselift.core.progress)
 
 
 def _device(name: str) -> str:
@@ -274,7 +274,7 @@ def _lift_stage(o: InferOptions, run: _Run, kp_path: Path, videos: list[VideoInp
     # A finalised cache with this stage's settings is complete: nothing to redo (and not rewritten).
     with (_null() if path.exists() else CacheWriter(path, header, allow_nonfinite=True)) as w:
         todo = [(v, t) for v in videos for t in results[v.video_id]] if w is not None else []
-        for v, t in tqdm(todo, desc="lift", unit="track", disable=not o.progress):
+        for v, t in progress_bar(todo, desc="lift", unit="track", progress=o.progress):
             sid = t["seq_id"]
             if not w.has(sid):
                 pose = lift_track(lifter, t["keypoints"], t["valid"], js2d, v.size, flip=o.flip, device=device)

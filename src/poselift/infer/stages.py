@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
 
+from poselift.core.progress import Progress, progress_bar
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
 
 from .sources import Person2D, VideoInput, read_frames
@@ -67,7 +67,7 @@ def detections_of(cache: Cache, video_id: str) -> dict[str, np.ndarray]:
 
 def run_detect(videos: list[VideoInput], path: Path, settings: dict[str, Any], fingerprint: str,
                detect: Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]], *,
-               chunk: int = 8, progress: bool = True, stats: dict[str, Any] | None = None) -> None:
+               chunk: int = 8, progress: Progress = True, stats: dict[str, Any] | None = None) -> None:
     """Detect people in every frame and track them; ``detect(frames) -> [(boxes, scores)]``."""
     header = CacheHeader(kind="detections", dataset="custom", source=settings, inputs_fingerprint=fingerprint)
     with CacheWriter(path, header, allow_nonfinite=True) as w:
@@ -86,8 +86,8 @@ def run_detect(videos: list[VideoInput], path: Path, settings: dict[str, Any], f
                     rows["score"] += list(np.asarray(s, np.float32).reshape(-1))
                 batch.clear()
 
-            for i, frame in tqdm(read_frames(v), total=v.n_frames, unit="frame", disable=not progress,
-                                 desc=f"detect {v.video_id}"):
+            for i, frame in progress_bar(read_frames(v), total=v.n_frames, unit="frame", progress=progress,
+                                         desc=f"detect {v.video_id}"):
                 if frame is not None:
                     batch.append((i, frame))
                 if len(batch) >= chunk:
