@@ -1,6 +1,7 @@
 """``poselift infer VIDEO_OR_FOLDER... --out DIR`` (also ``poselift-infer``).
 
-Exit status: 0 done (also when no person was found: the outputs say so), 2 bad input.
+Exit status: 0 done (also when no person was found: the outputs say so), 2 bad input
+(one ``poselift infer: error: ...`` line).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import sys
 from typing import Sequence
 
+from poselift.core.cli import run_guarded
 from poselift.core.progress import add_progress_flags, progress_mode
 
 from .pipeline import InferOptions, run_infer
@@ -83,17 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      render=not a.no_render, max_panels=a.max_panels, render_height=a.render_height,
                      device=a.device, overwrite=a.overwrite, trust_checkpoint=a.trust_checkpoint,
                      progress=progress_mode(a))
-    from poselift.datasets.cache import CacheError
-    from poselift.extract.video import VideoError
-    from poselift.lifting.checkpoint import CheckpointError
 
-    try:
-        res = run_infer(a.inputs, a.out, o)
-    except (ValueError, FileNotFoundError, KeyError, CacheError, VideoError, CheckpointError) as e:
-        print(f"poselift infer: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    print(summary_line(res))
-    return 0
+    def run() -> int:
+        print(summary_line(run_infer(a.inputs, a.out, o)))
+        return 0
+
+    return run_guarded("poselift infer", run)  # a user error: one "error:" line, exit 2
 
 
 def summary_line(res: dict) -> str:

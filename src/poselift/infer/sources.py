@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from poselift.core.errors import UserError
 from poselift.extract.video import IMAGE_EXTENSIONS, ImageFolderSource, VideoError, VideoSource
 
 __all__ = ["VideoInput", "list_inputs", "read_frames", "Person2D", "load_2d_json", "frame_names", "InputError"]
@@ -24,7 +25,7 @@ __all__ = ["VideoInput", "list_inputs", "read_frames", "Person2D", "load_2d_json
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad input files; the message names the file and the field."""
 
 
