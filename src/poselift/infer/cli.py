@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Sequence
 
 from poselift.core.cli import run_guarded
