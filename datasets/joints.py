@@ -191,6 +191,10 @@ def conversion_matrix(src: str, dst: str) -> np.ndarray:
                         neck_nose=_avg(s, "nose"))
     if d.name == "coco17" and s.name == "halpe26":
         return np.eye(26)[:17]
+    if s.name == "halpe136" and d.name in ("halpe26", "coco17", "h36m17"):
+        # Halpe-136's first 26 points are Halpe-26 (body + feet); face and hands are dropped.
+        body = np.eye(136)[:26]
+        return body if d.name == "halpe26" else conversion_matrix("halpe26", d.name) @ body
     raise KeyError(f"no conversion from joint set {s.name!r} to {d.name!r}")
 
 

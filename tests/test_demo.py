@@ -37,3 +37,9 @@ def test_demo_pipeline_learns(tmp_path):
     assert png is not None and png.std() > 0
     video = cv2.VideoCapture(str(tmp_path / "data" / "videos" / "S1_Walking_cam0.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+    # poselift infer on a held-out clip with the lifter just trained: one track, a full render
+    z = np.load(res["outputs"]["infer_poses3d"])
+    assert z["lengths"].tolist() == [40] and np.isfinite(z["joints_3d"]).all()
+    render = cv2.VideoCapture(res["outputs"]["infer_video"])
+    assert int(render.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+    assert "<video" in open(res["outputs"]["infer_report"]).read()

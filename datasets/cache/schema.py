@@ -18,7 +18,7 @@ from poselift.core.errors import UserError
 
 SCHEMA_NAME = "poselift-cache"
 SCHEMA_VERSION = 1
-KINDS = ("gt", "keypoints2d", "features", "predictions")
+KINDS = ("gt", "keypoints2d", "features", "predictions", "detections")
 SEQ_GROUP = "sequences"
 
 
@@ -69,6 +69,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "keypoints2d": ("keypoints",),
     "features": ("features",),
     "predictions": ("joints_3d",),
+    # one row per person box (time-major over boxes, not frames): boxes, frame_index, track_id
+    "detections": ("boxes", "frame_index"),
 }
 
 

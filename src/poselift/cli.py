@@ -15,6 +15,7 @@ STAGES = {
     "train": ("poselift.lifting.cli", "train lifters from caches"),
     "evaluate": ("poselift.lifting.evaluate_cli", "evaluate checkpoints or saved predictions"),
     "cache": ("poselift.datasets.cache.cli", "inspect, verify and finalise caches"),
+    "infer": ("poselift.infer.cli", "video(s) -> detect, track, 2D, lift -> 3D, MP4, report.html"),
     "weights": ("poselift.zoo.cli", "published checkpoints by name: list, fetch, verify"),
 }
 
