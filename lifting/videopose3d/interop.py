@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poselift.core.checkpoints import CheckpointError
-from poselift.datasets.safe_pickle import safe_torch_load
+from poselift.core.checkpoints import CheckpointError, load_checkpoint, load_strict
 from poselift.zoo import resolve_weights
 from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelBase, validate_filter_widths
 
@@ -145,24 +144,6 @@ def infer_videopose3d_arch(state_dict: Mapping[str, Any], dense: bool = False,
             "dense": bool(dense)}
 
 
-def _strict_load(model: nn.Module, sd: Mapping[str, Any], where: str) -> None:
-    expected = model.state_dict()
-    # Files from torch < 0.4.1 lack BN num_batches_tracked (unused with a set
-    # momentum); torch's own loader fills it, so only that key may be absent.
-    missing = [k for k in expected if k not in sd and not k.endswith(".num_batches_tracked")]
-    leftover = [k for k in sd if k not in expected]
-    if missing:
-        raise CheckpointFormatError(f"{where}: missing key(s) {missing} (first: {missing[0]!r})")
-    if leftover:
-        raise CheckpointFormatError(f"{where}: unexpected key(s) {leftover} (first: {leftover[0]!r})")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointFormatError(
-                f"{where}: key {k!r} has shape {tuple(v.shape)}, model expects "
-                f"{tuple(expected[k].shape)}")
-    model.load_state_dict(sd, strict=True)
-
-
 def load_videopose3d_state_dict(state_dict: Mapping[str, Any], causal: bool = False,
                                 dense: bool = False, in_features: int = 2,
                                 filter_widths: Sequence[int] | None = None,
@@ -171,7 +152,7 @@ def load_videopose3d_state_dict(state_dict: Mapping[str, Any], causal: bool = Fa
     arch = infer_videopose3d_arch(state_dict, dense=dense, in_features=in_features,
                                   where=where, filter_widths=filter_widths)
     model = TemporalModel(causal=causal, **arch)
-    _strict_load(model, state_dict, where)
+    load_strict(model, state_dict, where)
     return model.eval()
 
 
@@ -188,7 +169,7 @@ def load_videopose3d(path: str | os.PathLike[str], causal: bool = False, dense: 
     allows full unpickling. Errors name the file and the offending key/layer.
     """
     src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
-    ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
+    ckpt = load_checkpoint(src, trust=trust_pickle, map_location=map_location)
     if not isinstance(ckpt, Mapping):
         raise CheckpointFormatError(f"{src}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("model_pos") is None:
