@@ -8,7 +8,6 @@ plus the numpy objects reference checkpoints contain); a refused global becomes 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,6 +15,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
+# one sha256 for weight files: the zoo verifies downloads with it, the caches record it
+from poselift.zoo.download import file_sha256
 
 from .errors import UserError
 
@@ -39,15 +40,6 @@ class UnsafeCheckpointError(CheckpointError, UnsafePickleError):
     def __init__(self, refusal: UnsafePickleError) -> None:
         self.source, self.global_name = refusal.source, refusal.global_name
         Exception.__init__(self, f"{refusal} (allowed: tensors, containers, numpy scalars/arrays)")
-
-
-def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False,
