@@ -145,6 +145,10 @@ def test_one_unwrapper_and_refusal_types(tmp_path):
         unwrap_state_dict({"model": {"a": 1}}, "f.pt")
     with pytest.raises(CheckpointError, match=r"f\.pt: expected a state dict .*got list"):
         unwrap_state_dict([w], "f.pt")
+    # junk bytes make torch's legacy reader raise a KeyError: still one CheckpointError
+    (tmp_path / "junk.pt").write_bytes(b"junkjunk")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable torch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
     torch.save({"a": argparse.Namespace()}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"bad\.pt: refused") as info:
         load_checkpoint(tmp_path / "bad.pt")

@@ -54,8 +54,9 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False,
         return safe_torch_load(p, map_location=map_location, trust=trust)
     except UnsafePickleError as e:
         raise UnsafeCheckpointError(e) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{p}: not a readable torch checkpoint ({e})") from e
+    except Exception as e:  # noqa: BLE001 - torch's readers raise assorted types on junk bytes
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{p}: not a readable torch checkpoint ({type(e).__name__}: {first})") from e
 
 
 def unwrap_state_dict(obj: Any, where: str, *,
