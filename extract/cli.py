@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Sequence
 
 
-from poselift.core.cli import run_guarded
+from poselift.core.cli import Command, run_parsed
+from poselift.core.cli import build_parser as build_subcommand_parser
 from poselift.core.checkpoints import add_trust_flag
 from poselift.core.device import resolve_device
 from poselift.core.progress import add_progress_flags, progress_mode
@@ -38,20 +39,9 @@ log = logging.getLogger(__name__)
 __all__ = ["main", "build_parser", "load_manifest"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_features(f: argparse.ArgumentParser) -> None:
     from .contracts import CONTRACTS
 
-    p = argparse.ArgumentParser(prog="poselift-extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    f = sub.add_parser("features", help="extract backbone features into a features cache",
-                       description="Decode + crop in workers, run the backbone in batches, stream every "
-                                   "sequence into OUT (resumable: re-running skips finished sequences). "
-                                   "Exit status: 0 all written, 1 some sequences failed (listed), "
-                                   "2 bad input.",
-                       epilog=__doc__[__doc__.index("Manifest"):],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("out", help="output cache file (.h5); an interrupted run with the same settings resumes")
     src = f.add_argument_group("inputs (give --manifest, or --video with --boxes)")
     src.add_argument("--manifest", help="JSON list of sequences (see `poselift-extract --help`)")
@@ -113,16 +103,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard an existing cache or interrupted run made with other settings")
     add_progress_flags(r)
 
-    from .cli_keypoints import add_keypoints_parser
 
-    add_keypoints_parser(sub)
-    from .training.cli import add_train_parser
-
-    add_train_parser(sub)
-
-    pr = sub.add_parser("probe", help="print frame count, fps and size of videos or image folders")
+def _add_probe(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("paths", nargs="+", help="video files or image folders")
-    return p
+
+
+def _commands() -> dict[str, Command]:
+    # imported here: the keypoint and training CLIs pull in their estimators, which `features`
+    # and `probe` do not need
+    from .cli_keypoints import KEYPOINTS_DESCRIPTION, KEYPOINTS_HELP, add_keypoints_arguments, run_keypoints
+    from .training.cli import TRAIN_DESCRIPTION, TRAIN_HELP, add_train_arguments, run_train
+
+    plain = argparse.HelpFormatter
+    return {
+        "features": (_add_features, _features, "extract backbone features into a features cache",
+                     {"description": "Decode + crop in workers, run the backbone in batches, stream "
+                                     "every sequence into OUT (resumable: re-running skips finished "
+                                     "sequences). Exit status: 0 all written, 1 some sequences failed "
+                                     "(listed), 2 bad input.",
+                      "epilog": __doc__[__doc__.index("Manifest"):]}),
+        "keypoints": (add_keypoints_arguments, run_keypoints, KEYPOINTS_HELP,
+                      {"description": KEYPOINTS_DESCRIPTION, "formatter_class": plain}),
+        "train": (add_train_arguments, run_train, TRAIN_HELP,
+                  {"description": TRAIN_DESCRIPTION, "formatter_class": plain}),
+        "probe": (_add_probe, _probe, "print frame count, fps and size of videos or image folders",
+                  {"description": None, "formatter_class": plain}),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_subcommand_parser("poselift-extract", __doc__, _commands(),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   full_description=True)
 
 
 def specs_from_args(a: argparse.Namespace, failed: dict[str, str] | None = None) -> list:
@@ -230,16 +242,8 @@ def _probe(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli_keypoints import run_keypoints
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    a = build_parser().parse_args(argv)
-    from .training.cli import run_train
-
-    run = {"features": _features, "keypoints": run_keypoints, "probe": _probe,
-           "train": run_train}[a.command]
-    return run_guarded("poselift-extract", lambda: run(a))
-
+    return run_parsed("poselift-extract", build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

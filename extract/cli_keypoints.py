@@ -16,15 +16,18 @@ from poselift.core.checkpoints import add_trust_flag
 from poselift.core.device import resolve_device
 from poselift.core.progress import add_progress_flags, progress_mode
 
-__all__ = ["add_keypoints_parser", "run_keypoints", "load_keypoint_manifest"]
+__all__ = ["KEYPOINTS_HELP", "KEYPOINTS_DESCRIPTION", "add_keypoints_arguments", "run_keypoints",
+           "load_keypoint_manifest"]
 
 
-def add_keypoints_parser(sub: Any) -> None:
-    k = sub.add_parser("keypoints", help="2D keypoints (SIKR / FAMI-Pose) into a keypoints2d cache",
-                       description="Decode + crop in workers, batched estimator, pose NMS + tracks for "
-                                   "several boxes per frame, one cache sequence per person track "
-                                   "(<video>/track<k>). Resumable. Exit status: 0 ok, 1 some videos "
-                                   "failed, 2 bad input.")
+KEYPOINTS_HELP = "2D keypoints (SIKR / FAMI-Pose) into a keypoints2d cache"
+KEYPOINTS_DESCRIPTION = ("Decode + crop in workers, batched estimator, pose NMS + tracks for several "
+                         "boxes per frame, one cache sequence per person track (<video>/track<k>). "
+                         "Resumable. Exit status: 0 ok, 1 some videos failed, 2 bad input.")
+
+
+def add_keypoints_arguments(k: argparse.ArgumentParser) -> None:
+    """The options of ``poselift-extract keypoints``."""
     k.add_argument("out", help="output cache file (.h5)")
     k.add_argument("--results-json", metavar="PATH",
                    help="also write the whole cache as AlphaPose result JSON (image_id '<frame>.jpg', "

@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -213,24 +213,25 @@ class BackboneRunner:
         return self._dim
 
 
+def feed_sha256(items: Iterable[Any], feed: Callable[[Any, Any], None]) -> str:
+    """Hex sha256 of what ``feed(h, item)`` writes into one hash for each of ``items`` in turn;
+    the fingerprints of extraction inputs (sequences here, detections in ``keypoints``)."""
+    h = hashlib.sha256()
+    for item in items:
+        feed(h, item)
+    return h.hexdigest()
+
+
 def inputs_fingerprint(specs: Sequence[SequenceSpec]) -> str:
     """sha256 over every sequence's id, source file name and size, boxes and frame indices
     (not the absolute path, so a moved data folder still resumes)."""
-    h = hashlib.sha256()
-    for s in sorted(specs, key=lambda s: s.seq_id):
-        _feed_input(h, s)
-    return h.hexdigest()
+    return feed_sha256(sorted(specs, key=lambda s: s.seq_id), _feed_input)
 
 
 def input_fingerprints(specs: Sequence[SequenceSpec]) -> dict[str, str]:
     """Per sequence, the sha256 of what ``inputs_fingerprint`` hashes for it: a resume re-does
     exactly the sequences whose input changed (a fixed video, edited boxes)."""
-    out = {}
-    for s in specs:
-        h = hashlib.sha256()
-        _feed_input(h, s)
-        out[s.seq_id] = h.hexdigest()
-    return out
+    return {s.seq_id: feed_sha256([s], _feed_input) for s in specs}
 
 
 def _feed_input(h: Any, s: SequenceSpec) -> None:

@@ -28,7 +28,6 @@ tracks are committed together at the end of the video).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -50,7 +49,7 @@ from .detections import IoUTracker, VideoDetections, split_tracks
 from .estimators.contracts import famipose_contract, fastpose_contract
 from .estimators.famipose import FAMIPose
 from .estimators.pose_nms import PoseNMSParams, pose_nms
-from .features import ExtractionResult, SequenceSpec, _worker_init
+from .features import ExtractionResult, SequenceSpec, _worker_init, feed_sha256
 from .keypoint_runners import FamiRunner, SikrRunner
 from .keypoint_stream import DetectionCropStream, TubeCropStream, TubeSpec
 
@@ -89,21 +88,13 @@ def _as_jobs(sequences: Sequence[SequenceSpec | VideoDetections]) -> list[VideoD
 
 def detections_fingerprint(jobs: Sequence[VideoDetections]) -> str:
     """sha256 over ids, source file name and size, frames, boxes, scores and track ids."""
-    h = hashlib.sha256()
-    for j in sorted(jobs, key=lambda j: j.video_id):
-        _feed_job(h, j)
-    return h.hexdigest()
+    return feed_sha256(sorted(jobs, key=lambda j: j.video_id), _feed_job)
 
 
 def detection_fingerprints(jobs: Sequence[VideoDetections]) -> dict[str, str]:
     """Per video id, the sha256 of what ``detections_fingerprint`` hashes for it: a resume
     re-does the sequences (``<video>`` or ``<video>/track<k>``) of changed videos only."""
-    out = {}
-    for j in jobs:
-        h = hashlib.sha256()
-        _feed_job(h, j)
-        out[j.video_id] = h.hexdigest()
-    return out
+    return {j.video_id: feed_sha256([j], _feed_job) for j in jobs}
 
 
 def _feed_job(h: Any, j: VideoDetections) -> None:

@@ -8,13 +8,13 @@ them without unpickling arbitrary objects).
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from poselift.core.checkpoints import CheckpointError
+from poselift.core.checkpoints import CheckpointError, UnsafeCheckpointError
+from poselift.core.checkpoints import load_checkpoint as read_checkpoint
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
@@ -45,22 +45,20 @@ def save_checkpoint(path: str | os.PathLike, *, model_name: str, model_args: dic
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
+    """Read a poselift checkpoint with the shared safe reader (no trust option: our own files
+    never need one)."""
+    if not Path(path).exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's paragraph -> one line naming the global
-        from poselift.datasets.safe_pickle import torch_refusal
-
-        raise CheckpointError(str(torch_refusal(str(path), e)).split("; if you trust")[0]
+        ckpt = read_checkpoint(path, map_location=map_location)
+    except UnsafeCheckpointError as e:
+        raise CheckpointError(str(e).split("; if you trust")[0]
                               + "; a poselift checkpoint holds only tensors and plain types, "
                               "so this file is foreign or tampered with") from None
-    except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
-        raise CheckpointError(f"{path}: not a readable poselift checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}). VideoPose3D .bin files "
-                              f"load with poselift.lifting.load_videopose3d, TCMR/VIBE .pth.tar with "
-                              f"load_tcmr") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. VideoPose3D .bin files load with "
+                              f"poselift.lifting.load_videopose3d, TCMR/VIBE .pth.tar with load_tcmr"
+                              ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a poselift checkpoint (no '{FORMAT}' marker)")
     return ckpt

@@ -108,3 +108,49 @@ def test_no_import_cycle_between_extract_clis():
     a = _relative_imports(ROOT / "extract" / "cli.py", "poselift.extract")
     b = _relative_imports(ROOT / "extract" / "cli_keypoints.py", "poselift.extract")
     assert not ("poselift.extract.cli_keypoints" in a and "poselift.extract.cli" in b)
+
+
+def test_one_strict_loader_reports_every_problem_at_once():
+    from poselift.core.checkpoints import load_strict
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    del state["0.bias"]
+    state["1.weight"] = torch.ones(5)
+    state["head.w"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        load_strict(model, state, "m.pt")
+    msg = str(info.value)
+    assert msg.startswith("m.pt: missing key(s) ['0.bias']; unexpected key(s) ['head.w']; ")
+    assert "shape mismatch ['1.weight' has shape (5,), model expects (2,)]" in msg
+    assert "does not fit Sequential" in msg
+    # a pre-0.4.1 file without num_batches_tracked loads; the model keeps its own counter
+    good = {k: torch.full_like(v, 3) for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+    assert load_strict(model, good, "old.pt") == []
+    assert torch.equal(model[0].weight, torch.full((2, 3), 3.0))
+    assert int(model[1].num_batches_tracked) == 0
+
+
+def test_one_unwrapper_and_refusal_types(tmp_path):
+    import pickle
+
+    from poselift.core.checkpoints import load_checkpoint, unwrap_state_dict
+    from poselift.datasets.safe_pickle import UnsafePickleError
+
+    w = torch.zeros(2)
+    for obj in ({"module.a": w}, {"state_dict": {"module.a": w}}, {"model": {"a": w}}):
+        assert list(unwrap_state_dict(obj, "f.pt")) == ["a"]
+    with pytest.raises(CheckpointError, match=r"f\.pt: key 'a' holds int, not a tensor"):
+        unwrap_state_dict({"model": {"a": 1}}, "f.pt")
+    with pytest.raises(CheckpointError, match=r"f\.pt: expected a state dict .*got list"):
+        unwrap_state_dict([w], "f.pt")
+    # junk bytes make torch's legacy reader raise a KeyError: still one CheckpointError
+    (tmp_path / "junk.pt").write_bytes(b"junkjunk")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable torch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"a": argparse.Namespace()}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: refused") as info:
+        load_checkpoint(tmp_path / "bad.pt")
+    # the refusal is also the reader's own error type, for callers that caught that
+    assert isinstance(info.value, UnsafePickleError) and isinstance(info.value, pickle.UnpicklingError)

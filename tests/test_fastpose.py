@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from poselift.core.checkpoints import CheckpointError
 from poselift.extract.estimators.contracts import FASTPOSE_CONTRACT, FastPoseContract
 from poselift.extract.estimators.fastpose import (
     FASTPOSE_VARIANTS, FastPose, fastpose_config_from_state_dict, load_alphapose, read_state_dict,
@@ -134,12 +135,12 @@ def test_load_errors_name_key_and_file(tmp_path: Path) -> None:
     del missing["duc2.bn.running_var"]
     p = tmp_path / "missing.pth"
     torch.save(missing, p)
-    with pytest.raises(KeyError, match=r"missing\.pth.*duc2\.bn\.running_var"):
+    with pytest.raises(CheckpointError, match=r"missing\.pth.*duc2\.bn\.running_var"):
         load_alphapose(p)
     extra = dict(sd, **{"head.extra.weight": torch.zeros(3)})
     p = tmp_path / "extra.pth"
     torch.save(extra, p)
-    with pytest.raises(KeyError, match=r"extra\.pth.*unexpected key 'head\.extra\.weight'"):
+    with pytest.raises(CheckpointError, match=r"extra\.pth.*unexpected key\(s\) \['head\.extra\.weight'\]"):
         load_alphapose(p)
     bad = dict(sd)
     bad["preact.layer1.0.se.fc.0.bias"] = torch.zeros(5)
@@ -150,7 +151,7 @@ def test_load_errors_name_key_and_file(tmp_path: Path) -> None:
     nostem = {k: v for k, v in sd.items() if k != "preact.conv1.weight"}
     p = tmp_path / "nostem.pth"
     torch.save(nostem, p)
-    with pytest.raises(KeyError, match=r"nostem\.pth.*preact\.conv1\.weight"):
+    with pytest.raises(CheckpointError, match=r"nostem\.pth.*preact\.conv1\.weight"):
         load_alphapose(p)
     p = tmp_path / "ok.pth"
     torch.save(sd, p)
@@ -170,7 +171,7 @@ def test_code_running_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
         load_alphapose(p)
     assert "pwned" not in capsys.readouterr().out
     # The explicit opt-in unpickles fully (runs the payload), then rejects the non-tensor value.
-    with pytest.raises(TypeError, match=r"evil\.pth.*preact\.conv1\.weight"):
+    with pytest.raises(CheckpointError, match=r"evil\.pth.*preact\.conv1\.weight"):
         read_state_dict(p, trust=True)
     assert "pwned" in capsys.readouterr().out
 

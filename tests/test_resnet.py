@@ -102,7 +102,7 @@ def test_torchvision_loader_is_strict_and_names_keys(tmp_path: Path) -> None:
     assert load_torchvision_resnet(extra, strict=False).load_info["ignored_keys"] == ["fc.weight", "fc.bias",
                                                                                       "head.weight"]
     bad = dict(sd, **{"layer1.0.conv2.weight": torch.zeros(8, 8, 1, 1)})
-    with pytest.raises(CheckpointError, match=r"shape mismatch \['layer1.0.conv2.weight: checkpoint \(8, 8, 1, 1\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatch \['layer1.0.conv2.weight' has shape \(8, 8, 1, 1\)"):
         load_torchvision_resnet(bad)
     with pytest.raises(CheckpointError, match="block counts"):
         load_torchvision_resnet({k: v for k, v in sd.items() if not k.startswith("layer3.5.")})

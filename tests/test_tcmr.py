@@ -199,3 +199,24 @@ def test_regressor_iterative_error_feedback_by_hand(smpl):
     torch.testing.assert_close(out["theta"][:, :3], cam)
     torch.testing.assert_close(out["theta"][:, 75:], shape)
     torch.testing.assert_close(out["rotmat"], rot6d_to_rotmat(pose).view(2, 24, 3, 3))
+
+
+def test_spin_regressor_heads_load_through_the_strict_loader(tmp_path, smpl):
+    from poselift.core.checkpoints import CheckpointError
+    from poselift.lifting.tcmr.train import _load_spin_regressor
+
+    src, dst = _tcmr(smpl, seed=1), _tcmr(smpl, seed=2)
+    heads = {k: v for k, v in src.regressor.state_dict().items()
+             if k.split(".")[0] in ("fc1", "fc2", "decpose", "decshape", "deccam")}
+    # an HMR file also holds the backbone and the mean params, which are not the heads'
+    torch.save({"model": {"module.conv1.weight": torch.zeros(2, 3, 1, 1),
+                          **{f"module.{k}": v for k, v in heads.items()}}}, tmp_path / "hmr.pt")
+    _load_spin_regressor(dst, str(tmp_path / "hmr.pt"))
+    for k, v in heads.items():
+        assert torch.equal(dst.regressor.state_dict()[k], v), k
+    del heads["deccam.bias"]
+    heads["fc2.weight"] = torch.zeros(3, 3)
+    torch.save({"model": heads}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: missing key\(s\) \['deccam\.bias'\]; "
+                                              r"shape mismatch \['fc2\.weight' has shape \(3, 3\)"):
+        _load_spin_regressor(dst, str(tmp_path / "bad.pt"))

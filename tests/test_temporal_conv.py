@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from poselift.lifting.videopose3d.model import (
-    LIFTERS,
     TemporalModel,
     TemporalModelOptimized1f,
     bn_momentum_schedule,
@@ -247,15 +246,15 @@ def test_bn_momentum_helpers():
     assert bn_momentum_schedule(79, 80) == pytest.approx(0.001 * 100 ** (1 / 80))
 
 
-def test_lifters_registry_and_constructor_args():
-    m = LIFTERS["tcn-243f"](num_joints_in=17, in_features=2, num_joints_out=17, channels=4)
-    assert isinstance(m, TemporalModel) and m.receptive_field() == 243
-    assert LIFTERS["tcn-81f"](num_joints_in=17, in_features=2, num_joints_out=17,
-                              channels=4).receptive_field() == 81
-    assert isinstance(LIFTERS["videopose3d-1f"](17, 2, 17, (3, 3), channels=4),
-                      TemporalModelOptimized1f)
-    args = LIFTERS["videopose3d"](17, 2, 1, (3, 3, 7), causal=True, channels=4, dense=True
-                                  ).constructor_args()
+def test_constructor_args_and_receptive_fields():
+    m = TemporalModel(num_joints_in=17, in_features=2, num_joints_out=17,
+                      filter_widths=(3, 3, 3, 3, 3), channels=4)
+    assert m.receptive_field() == 243
+    assert TemporalModel(num_joints_in=17, in_features=2, num_joints_out=17,
+                         filter_widths=(3, 3, 3, 3), channels=4).receptive_field() == 81
+    assert TemporalModelOptimized1f(17, 2, 17, (3, 3), channels=4).receptive_field() == 9
+    args = TemporalModel(17, 2, 1, (3, 3, 7), causal=True, channels=4, dense=True
+                         ).constructor_args()
     rebuilt = TemporalModel(**args)
     assert args["filter_widths"] == [3, 3, 7] and args["causal"] and args["dense"]
     assert rebuilt.receptive_field() == 63 and rebuilt.num_joints_out == 1

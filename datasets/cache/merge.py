@@ -34,7 +34,7 @@ from .lock import WriterLock
 from .storage import DEFAULT_POLICY, StoragePolicy
 from .writer import _copy_group, _fsync_path, partial_dir
 
-__all__ = ["merge_caches", "MergeResult", "add_merge_command", "run_merge"]
+__all__ = ["merge_caches", "MergeResult", "add_merge_arguments", "run_merge"]
 
 
 @dataclass
@@ -154,10 +154,8 @@ def _merge_locked(out: Path, inputs: Sequence[str | os.PathLike], *, remove_inpu
     return res
 
 
-def add_merge_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``poselift-cache merge OUT INPUT...`` on the ``poselift-cache`` subparsers."""
-    m = sub.add_parser("merge", help="union finalised caches with the same provenance (e.g. the "
-                                     "shards of a sharded extraction) into one cache")
+def add_merge_arguments(m: argparse.ArgumentParser) -> None:
+    """The options of ``poselift-cache merge OUT INPUT...``."""
     m.add_argument("path", type=Path, help="output cache (may exist: its sequences are kept)")
     m.add_argument("inputs", type=Path, nargs="+", help="input caches (shards)")
     m.add_argument("--remove-inputs", action="store_true", help="delete the inputs after merging")

@@ -12,31 +12,19 @@ import argparse
 import sys
 from typing import Sequence
 
-from poselift.core.cli import run_guarded
+from poselift.core.cli import Command, run_parsed
+from poselift.core.cli import build_parser as build_subcommand_parser
 
+from . import tcmr_import_cli
 from .videopose3d import DATASETS, LAYOUTS, import_videopose3d
 
 __all__ = ["main", "build_parser"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="poselift-import",
-        description="Import datasets prepared by other projects into poselift HDF5 caches.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    v = sub.add_parser(
-        "videopose3d", formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="VideoPose3D data_3d_<dataset>.npz / data_2d_<dataset>_<source>.npz files",
-        description=(
-            "Convert VideoPose3D files into caches in --out:\n"
-            "  <dataset>_3d.h5        kind 'gt': joints_3d (camera frame, metres, absolute) and\n"
-            "                         joints_3d_world, one sequence per subject/action/camera\n"
-            "  <dataset>_<source>.h5  kind 'keypoints2d', one per --data-2d file: pixel keypoints\n"
-            "                         truncated to the mocap length, same sequence ids\n"
-            "Sequence ids are '<subject>/<action>/<camera>' (Human3.6M camera ids such as\n"
-            "54138969; 'cam0'.. for HumanEva-I and custom). Human3.6M keeps 17 of the 32 mocap\n"
-            "joints and drops S11 'Directions' (corrupt). Re-running resumes an interrupted\n"
-            "import; changed input files are refused unless --overwrite."))
+_DESCRIPTION = "Import datasets prepared by other projects into poselift HDF5 caches."
+
+
+def _add_videopose3d(v: argparse.ArgumentParser) -> None:
     v.add_argument("--dataset", required=True, choices=sorted(DATASETS),
                    help="h36m (Human3.6M, 4 cameras, 50 fps), humaneva15 (HumanEva-I, 15 joints, "
                         "3 cameras, 60 fps) or custom (in-the-wild 2D only: one subject per video, "
@@ -66,31 +54,43 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--overwrite", action="store_true",
                    help="delete existing caches (and leftovers of an interrupted run) with the "
                         "same names in --out instead of resuming or refusing them")
-    from . import tcmr_import_cli
 
-    tcmr_import_cli.add_arguments(sub.add_parser(
-        "tcmr", help="TCMR/VIBE joblib databases, InstaVariety HDF5 or 3DPW sequence files -> caches",
-        description="Import a TCMR/VIBE *_db.pt (joblib), insta_train_db.h5 or 3DPW sequenceFiles "
-                    "into a features cache plus a ground-truth (or 2D keypoint) cache, video by video"))
-    return p
+
+def _run_videopose3d(args: argparse.Namespace) -> int:
+    report = import_videopose3d(args.data_3d, args.data_2d, args.dataset, args.out,
+                                joint_set=args.joint_set, only_in_2d=args.only_2d,
+                                trust_pickle=args.trust_pickle, overwrite=args.overwrite)
+    print(report.summary())
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "videopose3d": (_add_videopose3d, _run_videopose3d,
+                    "VideoPose3D data_3d_<dataset>.npz / data_2d_<dataset>_<source>.npz files",
+                    {"formatter_class": argparse.RawDescriptionHelpFormatter, "description": (
+            "Convert VideoPose3D files into caches in --out:\n"
+            "  <dataset>_3d.h5        kind 'gt': joints_3d (camera frame, metres, absolute) and\n"
+            "                         joints_3d_world, one sequence per subject/action/camera\n"
+            "  <dataset>_<source>.h5  kind 'keypoints2d', one per --data-2d file: pixel keypoints\n"
+            "                         truncated to the mocap length, same sequence ids\n"
+            "Sequence ids are '<subject>/<action>/<camera>' (Human3.6M camera ids such as\n"
+            "54138969; 'cam0'.. for HumanEva-I and custom). Human3.6M keeps 17 of the 32 mocap\n"
+            "joints and drops S11 'Directions' (corrupt). Re-running resumes an interrupted\n"
+            "import; changed input files are refused unless --overwrite.")}),
+    "tcmr": (tcmr_import_cli.add_arguments, tcmr_import_cli.run,
+             "TCMR/VIBE joblib databases, InstaVariety HDF5 or 3DPW sequence files -> caches",
+             {"description": "Import a TCMR/VIBE *_db.pt (joblib), insta_train_db.h5 or 3DPW "
+                             "sequenceFiles into a features cache plus a ground-truth (or 2D "
+                             "keypoint) cache, video by video"}),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_subcommand_parser("poselift-import", _DESCRIPTION, COMMANDS, metavar="COMMAND")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "tcmr":
-        from . import tcmr_import_cli
-
-        return run_guarded("poselift-import tcmr", lambda: tcmr_import_cli.run(args))
-    if args.command == "videopose3d":
-        def run() -> int:
-            report = import_videopose3d(args.data_3d, args.data_2d, args.dataset, args.out,
-                                        joint_set=args.joint_set, only_in_2d=args.only_2d,
-                                        trust_pickle=args.trust_pickle, overwrite=args.overwrite)
-            print(report.summary())
-            return 0
-
-        return run_guarded("poselift-import", run)
-    return 0
+    return run_parsed("poselift-import", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

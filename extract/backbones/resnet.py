@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from poselift.core.checkpoints import CheckpointError, check_keys, file_sha256, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, file_sha256, load_checkpoint, load_strict, unwrap_state_dict
 from poselift.zoo import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -168,16 +168,7 @@ def _state_and_name(src: str | os.PathLike | Mapping[str, Any], trust: bool,
         src = resolve_weights(src)  # a zoo name ("resnet50-imagenet-v1", "spin-hmr") or a path
         obj, where = load_checkpoint(src, trust=trust), str(src)
         sha = file_sha256(src)
-    for k in wrapper_keys:
-        if isinstance(obj, Mapping) and k in obj and isinstance(obj[k], Mapping):
-            obj = obj[k]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{where}: expected a state dict of tensors"
-                              + (f" (or one under {list(wrapper_keys)})" if wrapper_keys else ""))
-    state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = unwrap_state_dict(obj, where, wrappers=wrapper_keys)
     return state, where, sha
 
 
@@ -199,9 +190,7 @@ def infer_resnet_depth(state: Mapping[str, torch.Tensor], where: str = "<state d
 
 def _finish(model: ResNet, state: dict[str, torch.Tensor], where: str, sha: str, kind: str,
             ignore: tuple[str, ...]) -> ResNet:
-    ignored = check_keys(state, model, where, ignore_unexpected=ignore)
-    model.load_state_dict({k: v for k, v in state.items() if k not in ignored}, strict=False)
-    # strict=False above only because of optional num_batches_tracked; check_keys was strict.
+    ignored = load_strict(model, state, where, ignore_unexpected=ignore)
     model.eval()
     model.load_info = {"source": where, "format": kind, "sha256": sha, "ignored_keys": ignored}
     if ignored:

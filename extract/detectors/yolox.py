@@ -21,6 +21,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from poselift.core.checkpoints import load_strict
+
 from ..estimators.fastpose import read_state_dict
 from .ops import decode_outputs
 
@@ -275,24 +277,6 @@ def yolox_config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = "
     return {"depth": n_neck / 3, "width": width, "depthwise": depthwise, "num_classes": num_classes}
 
 
-def _strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    extra = [k for k in sd if k not in own]
-    if missing or extra:
-        def show(keys: list[str]) -> str:
-            return ", ".join(repr(k) for k in keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-        parts = [f"{len(missing)} missing key(s): {show(missing)}" if missing else "",
-                 f"{len(extra)} unexpected key(s): {show(extra)}" if extra else ""]
-        raise KeyError(f"{source}: YOLOX checkpoint does not match the model inferred from it "
-                       f"({'; '.join(p for p in parts if p)})")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ValueError(f"{source}: key {k!r} has shape {tuple(sd[k].shape)}, "
-                             f"model expects {tuple(v.shape)}")
-    model.load_state_dict(sd, strict=True)
-
-
 def load_yolox(path: str | Path, map_location: str | torch.device = "cpu",
                trust: bool = False) -> YOLOX:
     """Build YOLOX from an official checkpoint (``{"model": state_dict}`` or a bare state dict).
@@ -305,5 +289,5 @@ def load_yolox(path: str | Path, map_location: str | torch.device = "cpu",
     sd = read_state_dict(path, map_location="cpu", trust=trust)
     cfg = yolox_config_from_state_dict(sd, source)
     model = YOLOX(**cfg)
-    _strict_load(model, sd, source)
+    load_strict(model, sd, source)
     return model.to(map_location).eval()

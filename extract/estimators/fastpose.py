@@ -11,7 +11,6 @@ Input (B, 3, 256, 192) crops -> output (B, K, 64, 48) logits (stride 4).
 """
 from __future__ import annotations
 
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poselift.core.checkpoints import CheckpointError, load_checkpoint, load_strict, unwrap_state_dict
 from poselift.zoo import resolve_weights
 
 __all__ = [
@@ -191,7 +191,7 @@ FASTPOSE_VARIANTS: dict[str, Callable[[int], FastPose]] = {
 
 def _need(sd: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
     if key not in sd:
-        raise KeyError(f"{source}: missing key {key!r} (not an AlphaPose FastPose state dict?)")
+        raise CheckpointError(f"{source}: missing key {key!r} (not an AlphaPose FastPose state dict?)")
     return sd[key]
 
 
@@ -215,48 +215,14 @@ def fastpose_config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str 
 
 def read_state_dict(path: str | Path, map_location: str | torch.device = "cpu",
                     trust: bool = False) -> dict[str, torch.Tensor]:
-    """Load a checkpoint as a flat ``{key: tensor}`` dict.
+    """Load a checkpoint as a flat ``{key: tensor}`` dict (the shared safe reader and unwrapper).
 
     Accepts a plain state dict or one wrapped under ``'state_dict'``/``'model'``, and strips
-    a DataParallel ``module.`` prefix. Uses ``weights_only=True`` unless ``trust=True``; a
-    pickle that would run code is refused with an error naming the file.
+    a DataParallel ``module.`` prefix. Unless ``trust=True``, a pickle that would run code is
+    refused with a :class:`CheckpointError` naming the file.
     """
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=not trust)
-    except pickle.UnpicklingError as e:  # one line naming file and global, not torch's paragraph
-        from poselift.datasets.safe_pickle import torch_refusal
-
-        raise torch_refusal(str(path), e) from None
-    if isinstance(obj, Mapping):
-        for wrap in ("state_dict", "model"):
-            if wrap in obj and isinstance(obj[wrap], Mapping):
-                obj = obj[wrap]
-                break
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{path}: expected a state dict (mapping), got {type(obj).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{path}: key {k!r} holds {type(v).__name__}, not a tensor")
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
-
-
-def _strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True) with errors that name the key and the file."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    extra = [k for k in sd if k not in own]
-    for kind, keys in (("missing", missing), ("unexpected", extra)):
-        if keys:
-            more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
-            raise KeyError(f"{source}: {kind} key {keys[0]!r}{more}")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ValueError(f"{source}: key {k!r} has shape {tuple(sd[k].shape)}, "
-                             f"model expects {tuple(v.shape)}")
-    model.load_state_dict(sd, strict=True)
+    return unwrap_state_dict(load_checkpoint(path, trust=trust, map_location=map_location), str(path))
 
 
 def load_alphapose(path: str | Path, num_joints: int | None = None,
@@ -271,8 +237,8 @@ def load_alphapose(path: str | Path, num_joints: int | None = None,
     sd = read_state_dict(path, map_location=map_location, trust=trust)
     cfg = fastpose_config_from_state_dict(sd, source)
     if num_joints is not None and num_joints != cfg["num_joints"]:
-        raise ValueError(f"{source}: key 'conv_out.weight' gives {cfg['num_joints']} joints, "
+        raise CheckpointError(f"{source}: key 'conv_out.weight' gives {cfg['num_joints']} joints, "
                          f"caller asked for {num_joints}")
     model = FastPose(**cfg)
-    _strict_load(model, sd, source)
+    load_strict(model, sd, source)
     return model.to(map_location).eval()

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from poselift.core.checkpoints import CheckpointError, check_keys, load_checkpoint
+from poselift.core.checkpoints import CheckpointError, load_checkpoint, load_strict, unwrap_state_dict
 from poselift.zoo import resolve_weights
 
 __all__ = ["HRNet", "BasicBlock", "Bottleneck", "load_hrnet", "infer_hrnet_config", "read_checkpoint",
@@ -218,31 +218,9 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
     return load_checkpoint(path, trust=trust)
 
 
-def extract_state_dict(obj: Any, source: str) -> "OrderedDict[str, torch.Tensor]":
-    """Take ``state_dict`` / ``model`` entries of training checkpoints, strip ``module.``."""
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: no state dict found (got {type(obj).__name__})")
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"{source}: entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k[7:] if k.startswith("module.") else k] = v
-    return out
-
-
-def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """Strict load; missing/unexpected/misshaped keys raise :class:`CheckpointError` naming
-    ``source`` and the keys. Only BN ``num_batches_tracked`` counters may be absent
-    (pre-0.4.1 checkpoints); they keep the model's value."""
-    check_keys(sd, model, source)
-    full = model.state_dict()
-    full.update(sd)
-    model.load_state_dict(full, strict=True)
+# The shared unwrapper and strict loader, under the names this module has always exported.
+extract_state_dict = unwrap_state_dict
+load_state_dict_strict = load_strict
 
 
 def infer_hrnet_config(sd: Mapping[str, torch.Tensor], source: str = "state dict") -> dict[str, Any]:

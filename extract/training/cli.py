@@ -5,14 +5,17 @@ import argparse
 import logging
 from pathlib import Path
 
-__all__ = ["add_train_parser", "run_train"]
+__all__ = ["TRAIN_HELP", "TRAIN_DESCRIPTION", "add_train_arguments", "run_train"]
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a 2D keypoint estimator from a YAML config",
-                       description="Train SIKR/FastPose, SimCC or FAMI-Pose as a YAML config describes "
-                                   "(configs/pose2d/). Re-running with the same --out resumes from last.pt. "
-                                   "Under torchrun every rank runs this command (DDP).")
+TRAIN_HELP = "train a 2D keypoint estimator from a YAML config"
+TRAIN_DESCRIPTION = ("Train SIKR/FastPose, SimCC or FAMI-Pose as a YAML config describes "
+                     "(configs/pose2d/). Re-running with the same --out resumes from last.pt. "
+                     "Under torchrun every rank runs this command (DDP).")
+
+
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The options of ``poselift-extract train``."""
     t.add_argument("config", help="YAML training config")
     t.add_argument("--out", help="output folder (default: the config's 'out', else runs/<config name>)")
     t.add_argument("--epochs", type=int, help="override train.epochs")

@@ -24,6 +24,7 @@ import torch
 import yaml
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
+from poselift.core.checkpoints import load_checkpoint
 from poselift.datasets.joints import get_joint_set
 from poselift.lifting.distributed import (all_reduce_sums, barrier, broadcast_object, gather_rng_states,
                                           init_distributed, restore_rng_state, wrap_ddp)
@@ -177,7 +178,7 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
     start, best, history = 0, -1.0, {"loss": [], "val": []}
     last = out / "last.pt"
     if last.is_file() and tc.get("resume", True):
-        st = torch.load(last, map_location=device, weights_only=False)  # our own file, written below
+        st = load_checkpoint(last, trust=True, map_location=device)  # our own file, written below
         if st.get("config", {}).get("model") != cfg["model"]:
             raise ValueError(f"{last}: written by a run with a different 'model' section; "
                              f"use another output folder or remove the file to start afresh")

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from poselift.core.checkpoints import CheckpointError
-from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
+from poselift.core.checkpoints import CheckpointError, load_checkpoint, load_strict, unwrap_state_dict
 from poselift.lifting.tcmr.smpl_model import build_spin_smpl, load_extra_regressor
 from poselift.lifting.tcmr.model import TCMR, VIBE
 from poselift.zoo import resolve_weights
@@ -39,16 +38,8 @@ def read_tcmr_checkpoint(path: str | Path, *, trust_pickle: bool = False,
     A bare state dict (no ``gen_state_dict``) is wrapped as ``{'gen_state_dict': sd}``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        # numpy float64 ``performance`` and friends are on the shared allow-list
-        ckpt = safe_torch_load(path, map_location=map_location, trust=trust_pickle)
-    except UnsafePickleError as err:
-        raise CheckpointError(f"{err} (TCMR/VIBE checkpoints need trust only if they are not "
-                              f"plain training checkpoints)") from err
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
+    # numpy float64 ``performance`` and friends are on the shared allow-list
+    ckpt = load_checkpoint(path, trust=trust_pickle, map_location=map_location)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     if "gen_state_dict" not in ckpt:
@@ -110,26 +101,9 @@ def load_tcmr_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor],
 
     A missing, leftover or misshaped key raises ``CheckpointError`` naming key and file.
     """
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
-    given = {k: v for k, v in sd.items() if not k.startswith(SMPL_PREFIX)}
-    missing = sorted(set(own) - set(given))
-    extra = sorted(set(given) - set(own))
-    if missing:
-        raise CheckpointError(f"{path}: missing key {missing[0]!r}"
-                              + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if extra:
-        raise CheckpointError(f"{path}: unexpected key {extra[0]!r} (not part of "
-                              f"{type(model).__name__})"
-                              + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for k, v in given.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{path}: key {k!r} has shape {tuple(v.shape)}, model "
-                                  f"expects {tuple(own[k].shape)}")
-    result = model.load_state_dict(given, strict=False)
-    leftover = [k for k in result.missing_keys if not k.startswith(SMPL_PREFIX)]
-    if leftover or result.unexpected_keys:  # cannot happen after the checks above
-        raise CheckpointError(f"{path}: load mismatch {leftover or result.unexpected_keys}")
+    given = {k: v for k, v in unwrap_state_dict(sd, str(path), wrappers=()).items()
+             if not k.startswith(SMPL_PREFIX)}
+    load_strict(model, given, str(path), keep_model=(SMPL_PREFIX,))
 
 
 def load_tcmr(path: str | Path, body_model_dir: str | Path, *,
@@ -151,8 +125,7 @@ def load_tcmr(path: str | Path, body_model_dir: str | Path, *,
     """
     path = resolve_weights(path)  # a zoo name ("tcmr-demo", "vibe-wo-3dpw") or a path
     ckpt = read_tcmr_checkpoint(path, trust_pickle=trust_pickle, map_location=map_location)
-    sd = {k[len("module."):] if k.startswith("module.") else k: v
-          for k, v in ckpt["gen_state_dict"].items()}
+    sd = unwrap_state_dict(ckpt["gen_state_dict"], str(path), wrappers=())
     cfg = infer_tcmr_config(sd, path, vibe_use_residual=vibe_use_residual)
     smpl = build_spin_smpl(body_model_dir)
     n_verts = smpl.v_template.shape[0]

@@ -140,24 +140,21 @@ def build_tcmr(cfg: TCMRConfig) -> TCMR:
     return model
 
 
+_SPIN_HEADS = ("fc1", "fc2", "decpose", "decshape", "deccam")
+
+
 def _load_spin_regressor(model: TCMR, path: str) -> None:
-    from poselift.datasets.safe_pickle import safe_torch_load
+    """Copy the iterative regressor heads of a SPIN/HMR checkpoint (``{'model': state_dict}``)
+    into ``model.regressor``; a missing or misshaped head key raises one CheckpointError."""
+    from poselift.core.checkpoints import load_checkpoint, load_strict, unwrap_state_dict
     from poselift.zoo import resolve_weights
 
     path = str(resolve_weights(path))  # a zoo name ("spin-hmr") or a path
-    ck = safe_torch_load(path)
-    sd = ck.get("model", ck) if isinstance(ck, dict) else None
-    if not isinstance(sd, dict):
-        raise CacheError(f"{path}: expected a dict with key 'model'")
-    own = model.regressor.state_dict()
-    for k in [k for k in own if k.split(".")[0] in ("fc1", "fc2", "decpose", "decshape", "deccam")]:
-        if k not in sd:
-            raise KeyError(f"{path}: missing key {k!r} for the SPIN regressor")
-        if tuple(sd[k].shape) != tuple(own[k].shape):
-            raise ValueError(f"{path}: key {k!r} has shape {tuple(sd[k].shape)}, expected "
-                             f"{tuple(own[k].shape)}")
-        own[k] = sd[k]
-    model.regressor.load_state_dict(own)
+    sd = unwrap_state_dict(load_checkpoint(path), path, wrappers=("model",))
+    # the heads as one module: its keys (fc1.weight, ...) are the checkpoint's, and loading it
+    # loads the regressor's own layers; the backbone and SMPL keys of the file are not ours
+    heads = torch.nn.ModuleDict({n: getattr(model.regressor, n) for n in _SPIN_HEADS})
+    load_strict(heads, {k: v for k, v in sd.items() if k.split(".")[0] in _SPIN_HEADS}, path)
 
 
 def load_init(model: TCMR, path: str) -> dict[str, Any]:

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poselift.core.checkpoints import CheckpointError
-from poselift.datasets.safe_pickle import UnsafePickleError, safe_torch_load
+from poselift.core.checkpoints import CheckpointError, load_checkpoint, load_strict
 from poselift.zoo import resolve_weights
 from poselift.lifting.videopose3d.model import TemporalModel, TemporalModelBase, validate_filter_widths
 
@@ -147,24 +146,6 @@ def infer_videopose3d_arch(state_dict: Mapping[str, Any], dense: bool = False,
             "dense": bool(dense)}
 
 
-def _strict_load(model: nn.Module, sd: Mapping[str, Any], where: str) -> None:
-    expected = model.state_dict()
-    # Files from torch < 0.4.1 lack BN num_batches_tracked (unused with a set
-    # momentum); torch's own loader fills it, so only that key may be absent.
-    missing = [k for k in expected if k not in sd and not k.endswith(".num_batches_tracked")]
-    leftover = [k for k in sd if k not in expected]
-    if missing:
-        raise CheckpointFormatError(f"{where}: missing key(s) {missing} (first: {missing[0]!r})")
-    if leftover:
-        raise CheckpointFormatError(f"{where}: unexpected key(s) {leftover} (first: {leftover[0]!r})")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointFormatError(
-                f"{where}: key {k!r} has shape {tuple(v.shape)}, model expects "
-                f"{tuple(expected[k].shape)}")
-    model.load_state_dict(sd, strict=True)
-
-
 def load_videopose3d_state_dict(state_dict: Mapping[str, Any], causal: bool = False,
                                 dense: bool = False, in_features: int = 2,
                                 filter_widths: Sequence[int] | None = None,
@@ -173,7 +154,7 @@ def load_videopose3d_state_dict(state_dict: Mapping[str, Any], causal: bool = Fa
     arch = infer_videopose3d_arch(state_dict, dense=dense, in_features=in_features,
                                   where=where, filter_widths=filter_widths)
     model = TemporalModel(causal=causal, **arch)
-    _strict_load(model, state_dict, where)
+    load_strict(model, state_dict, where)
     return model.eval()
 
 
@@ -182,13 +163,9 @@ def read_videopose3d(path: str | os.PathLike[str], map_location: Any = "cpu",
     """Safely read a ``.bin`` (path or zoo name); returns (resolved path, the checkpoint dict,
     checked to hold ``model_pos``)."""
     src = os.fspath(resolve_weights(path))  # a zoo name ("videopose3d-h36m-cpn") or a path
-    try:
-        ckpt = safe_torch_load(src, map_location=map_location, trust=trust_pickle)
-    except (UnsafePickleError, OSError, RuntimeError):  # these already name the file
-        raise
-    except Exception as e:  # noqa: BLE001 - torch raises struct.error, RuntimeError, ... on junk
-        raise CheckpointFormatError(f"{src}: not a readable VideoPose3D checkpoint ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    # The one reader: refused globals, junk bytes and truncated files all become one
+    # CheckpointError naming the file.
+    ckpt = load_checkpoint(src, trust=trust_pickle, map_location=map_location)
     if not isinstance(ckpt, Mapping):
         raise CheckpointFormatError(f"{src}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("model_pos") is None:
@@ -203,7 +180,7 @@ def load_weights_into(model: TemporalModelBase, state_dict: Mapping[str, Any], w
     and the key, with the architecture the file holds when it can be read from the shapes
     (so the config can be fixed)."""
     try:
-        _strict_load(model, state_dict, where)
+        load_strict(model, state_dict, where)
     except CheckpointFormatError as e:
         try:
             arch = infer_videopose3d_arch(state_dict, where=where)

@@ -21,8 +21,7 @@ A trajectory model is the same class with ``num_joints_out=1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,7 +29,6 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "LIFTERS",
     "TemporalModel",
     "TemporalModelBase",
     "TemporalModelOptimized1f",
@@ -345,13 +343,3 @@ class TemporalModelOptimized1f(TemporalModelBase):
                             bn.bias, bn.training or not bn.track_running_stats, momentum, bn.eps)
         return flat.reshape(h.shape)
 
-
-# Variant name -> constructor. Presets fix filter_widths; pass the rest by keyword
-# (e.g. LIFTERS["tcn-243f"](num_joints_in=17, in_features=2, num_joints_out=17)).
-LIFTERS: dict[str, Callable[..., TemporalModelBase]] = {
-    "videopose3d": TemporalModel,
-    "videopose3d-1f": TemporalModelOptimized1f,
-    "tcn-27f": partial(TemporalModel, filter_widths=(3, 3, 3)),
-    "tcn-81f": partial(TemporalModel, filter_widths=(3, 3, 3, 3)),
-    "tcn-243f": partial(TemporalModel, filter_widths=(3, 3, 3, 3, 3)),
-}
