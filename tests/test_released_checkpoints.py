@@ -97,7 +97,7 @@ def test_evaluate_bin_bad_inputs_are_one_line(h36m, tmp_path, capsys) -> None:
         assert _eval_cli(*base[:1], junk, *base[2:], "--subjects", "S9") == 2
         err = capsys.readouterr().err.strip()
         assert "junk.bin: " in err and len(err.splitlines()) == 1, err
-    assert "junk.bin: not a readable VideoPose3D checkpoint (error: unpack requires" in err
+    assert "junk.bin: not a readable torch checkpoint (error: unpack requires" in err
 
 
 def _train_args(h36m, out: Path, *extra: str) -> list[str]:
