@@ -28,13 +28,14 @@ class FrameBoxes:
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
-    """None/"auto" -> CUDA when available, else CPU; "cuda" without CUDA falls back to CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    """:func:`poselift.core.device.resolve_device`'s rules, except that a CUDA request on a
+    machine without CUDA falls back to the CPU (a library call should still detect people)."""
+    from poselift.core.device import resolve_device
+
+    try:
+        return resolve_device("auto" if device is None else device)
+    except RuntimeError:  # CUDA asked for but not available
         return torch.device("cpu")
-    return dev
 
 
 def _batches(frames: Iterable[np.ndarray], n: int) -> Iterator[list[np.ndarray]]:

@@ -25,6 +25,7 @@ import yaml
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from poselift.core.checkpoints import load_checkpoint
+from poselift.core.device import resolve_device
 from poselift.datasets.joints import get_joint_set
 from poselift.lifting.distributed import (all_reduce_sums, barrier, broadcast_object, gather_rng_states,
                                           init_distributed, restore_rng_state, wrap_ddp)
@@ -147,7 +148,7 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
     tc = cfg.get("train") or {}
     kind, seed = cfg["model"]["type"], int(tc.get("seed", 0))
     want = tc.get("device", "auto")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want)
+    device = resolve_device(want)
     ctx = init_distributed(device)
     device = ctx.device
     torch.manual_seed(seed)

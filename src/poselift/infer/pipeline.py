@@ -67,9 +67,9 @@ class InferOptions:
 
 
 def _device(name: str) -> str:
-    import torch
+    from poselift.core.device import resolve_device
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    return str(resolve_device(name))
 
 
 class _Run:

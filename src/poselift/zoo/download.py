@@ -177,10 +177,11 @@ def _one_attempt(url: str, part: Path, label: str, progress: bool) -> None:
             offset = 0
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        from tqdm import tqdm
+        from poselift.core.progress import progress_bar
 
-        with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                          desc=label, disable=not progress, leave=False) as bar:
+        # A bar on a terminal, plain periodic lines in a log (the rule of every long step).
+        with open(part, mode) as fh, progress_bar(total=total, desc=label, unit="B", progress=progress,
+                                                  leave=False, initial=offset, unit_scale=True) as bar:
             got = _copy(resp, fh, bar)
     if length is not None and got < int(length):
         raise _Interrupted(f"connection closed after {offset + got} of {total} bytes")
