@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
 from .distributed import DistContext, barrier, gather_rng_states, restore_rng_state
 
-__all__ = ["seed_everything", "start_run", "resume_checkpoint", "rng_extra", "save_epoch",
+__all__ = ["seed_everything", "guarded_step", "start_run", "resume_checkpoint", "rng_extra", "save_epoch",
            "finish_run", "init_provenance", "check_resume_init"]
 
 
@@ -26,6 +26,21 @@ def seed_everything(seed: int) -> None:
     """Seed torch's and numpy's global generators (numpy takes the seed modulo 2**32)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def guarded_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any,
+                 describe: Callable[[], str]) -> None:
+    """One optimizer update of both training loops, refused for a non-finite loss.
+
+    The check comes before ``backward``: a NaN/inf loss raises ``RuntimeError(describe())``
+    (which names epoch, step and batch) while the weights, and so the last saved checkpoint,
+    are still good. ``scaler`` is the precision's GradScaler (a pass-through in fp32/bf16)."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise RuntimeError(describe())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def start_run(cfg: Any, out: Path, ctx: DistContext) -> None:

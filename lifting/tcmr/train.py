@@ -38,7 +38,7 @@ from poselift.datasets.cache import CacheError
 from ..config import config_to_dict
 from ..distributed import (DistContext, all_reduce_sums, broadcast_object, init_distributed, rank_part,
                            shutdown, wrap_ddp)
-from ..run import (check_resume_init, finish_run, init_provenance, resume_checkpoint, rng_extra,
+from ..run import (check_resume_init, finish_run, guarded_step, init_provenance, resume_checkpoint, rng_extra,
                    save_epoch, seed_everything, start_run)
 from .smpl_model import build_spin_smpl, load_mean_params
 from .model import TCMR
@@ -333,15 +333,9 @@ def _train(cfg: TCMRConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
                    "theta": _rep3(b["theta"].to(device)),
                    "w_3d": _rep3(b["w_3d"].to(device)), "w_smpl": _rep3(b["w_smpl"].to(device))}
             loss, terms = loss_fn(pred, t2d, t3d)
-            if not torch.isfinite(loss):  # stop before the step: the last checkpoint stays good
-                raise RuntimeError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} of "
-                                   f"{len(steps)}, batch {steps[step]}: "
-                                   f"{ {k: float(v) for k, v in terms.items()} }; {last} was not "
-                                   f"overwritten")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            guarded_step(loss, optimizer, scaler, lambda: (
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1} of {len(steps)}, batch "
+                f"{steps[step]}: { {k: float(v) for k, v in terms.items()} }; {last} was not overwritten"))
             for k, v in dict(terms, loss=loss).items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.3f}")

@@ -42,7 +42,7 @@ from poselift.evaluation.metrics import mpjpe
 from ..config import LiftConfig, config_to_dict
 from ..distributed import (DistContext, SyncTemporalModelOptimized1f, all_reduce_sums, broadcast_object,
                            convert_sync_batchnorm, init_distributed, rank_part, shutdown, wrap_ddp)
-from ..run import (check_resume_init, finish_run, init_provenance, resume_checkpoint, rng_extra,
+from ..run import (check_resume_init, finish_run, guarded_step, init_provenance, resume_checkpoint, rng_extra,
                    save_epoch, seed_everything, start_run)
 from .infer import predict_sequence
 from .data import LiftData, root_relative
@@ -305,16 +305,11 @@ def _train(cfg: LiftConfig, resume: bool, sync_bn: bool, ctx: DistContext, out: 
             data_time += time.perf_counter() - td
             with prec.autocast():
                 loss, parts = _train_step(batch, unl, step_train, step_traj, js_out.parents, cfg, device)
-            if not bool(torch.isfinite(loss.detach())):  # before the step: `last` stays good
-                seqs = sorted({ds.ids[int(i)] for i in batch["seq"].tolist()})
-                raise RuntimeError(f"non-finite training loss {parts} at epoch {epoch + 1}, step "
-                                   f"{b0 // frames_per_batch + 1}, batch of windows "
-                                   f"{b0}..{b0 + len(batch['seq']) - 1} (sequences {seqs[:5]}); "
-                                   f"{last} was not overwritten")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            guarded_step(loss, optimizer, scaler, lambda: (
+                f"non-finite training loss {parts} at epoch {epoch + 1}, step "
+                f"{b0 // frames_per_batch + 1}, batch of windows {b0}..{b0 + len(batch['seq']) - 1} "
+                f"(sequences {sorted({ds.ids[int(i)] for i in batch['seq'].tolist()})[:5]}); "
+                f"{last} was not overwritten"))
             n = len(batch["kp2d"])
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * n
