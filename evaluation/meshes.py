@@ -4,6 +4,10 @@ Coordinates are camera-style: x right, y down, z away from the viewer (what SMPL
 such as TCMR/VIBE output). The snapshot is an orthographic view along +z drawn with the
 painter's algorithm: faces sorted far-to-near and filled with ``cv2.fillPoly``, Lambert
 shading from a light at the viewer, then skeleton lines on top. No pyrender / EGL / OSMesa.
+
+``rasterize`` / ``overlay_mesh`` draw a mesh given in pixel coordinates plus depth over a video
+frame (``poselift infer --tcmr``): a per-pixel z-buffer, so interpenetrating faces come out right
+where a painter's order by mean depth does not.
 """
 from __future__ import annotations
 

@@ -51,6 +51,8 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             p = d / "tracks" / f"{_label(t)}.json"
             write_track_json(p, t, meta)
             files[f"track {t.seq_id}"] = p
+        if (d / "tcmr_output.pkl").exists():  # written by the TCMR stage of this run (--tcmr)
+            files["SMPL meshes (TCMR/VIBE demo pkl)"] = d / "tcmr_output.pkl"
         if (d / "tracks.png").exists():  # written by the tracking stage when it ran here
             files["tracks over time (PNG)"] = d / "tracks.png"
         if not vt:

@@ -332,6 +332,10 @@ def run_infer(inputs: list[str], out: str | Path, o: InferOptions) -> dict[str, 
         for v in videos:
             overlays[v.video_id] = mesh_overlay(meshes[v.video_id], faces, v.size)
             tcmr_paths[f"{v.video_id}:tcmr"] = str(out / v.video_id / "tcmr_output.pkl")
+    else:
+        from .tcmr_stage import drop_tcmr_outputs
+
+        drop_tcmr_outputs(run, videos)
     settings = {k: v for k, v in asdict(o).items() if k not in ("progress", "overwrite")}
     paths = write_outputs(out, videos, tracks, settings, notes, timings, o, lifter.joints_out,
                           overlays=overlays) | tcmr_paths

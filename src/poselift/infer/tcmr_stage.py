@@ -37,7 +37,8 @@ from .lift import interpolate_missing
 from .outputs import TrackResult
 from .sources import InputError, VideoInput
 
-__all__ = ["crop_cam_to_orig", "project_orig", "tcmr_windows", "run_tcmr_stage", "mesh_overlay"]
+__all__ = ["crop_cam_to_orig", "project_orig", "tcmr_windows", "run_tcmr_stage", "mesh_overlay",
+           "drop_tcmr_outputs"]
 
 OUT_KEYS = ("pred_cam", "orig_cam", "verts", "pose", "betas", "joints3d", "bboxes", "frame_ids")
 
@@ -187,6 +188,16 @@ def _predict_track(model: torch.nn.Module, feats: Cache, sid: str, contract: Any
     return {"pred_cam": theta[:, :3], "orig_cam": crop_cam_to_orig(theta[:, :3], crop, *size).astype(np.float32),
             "verts": verts.astype(np.float32), "pose": theta[:, 3:75], "betas": theta[:, 75:85],
             "joints3d": joints, "bboxes": crop, "frame_ids": frames}
+
+
+def drop_tcmr_outputs(run: Any, videos: list[VideoInput]) -> None:
+    """A run without ``--tcmr``: remove the meshes of an earlier run (they would not match this
+    run's tracks if the 2D changed); ``features.h5`` stays, checked by its key when next used."""
+    for v in videos:
+        for s in ("pkl", "npz"):
+            (run.out / v.video_id / f"tcmr_output.{s}").unlink(missing_ok=True)
+    if run.doc["stages"].pop("tcmr", None) is not None:
+        run.save()
 
 
 def mesh_overlay(per_track: dict[int, dict[str, np.ndarray]], faces: np.ndarray, size: tuple[int, int],
