@@ -160,3 +160,25 @@ def test_tcmr_needs_the_body_model_and_matching_features(setup: dict) -> None:
     o.features_base_width = 8  # 256-d features for a model that takes 128
     with pytest.raises(InputError, match="256-d features but the TCMR model"):
         run_infer([str(setup["clip"])], setup["root"] / "bad2", o)
+
+
+def test_released_vibe_checkpoint_keeps_the_window_target(setup: dict) -> None:
+    from poselift.datasets.cache import Cache
+    from poselift.lifting.tcmr.model import VIBE
+
+    torch.manual_seed(1)
+    vibe = VIBE(build_spin_smpl(setup["smpl"]), n_layers=1, hidden_size=16, feat_dim=128,
+                regressor_hidden=16).eval()
+    ck = setup["root"] / "vibe_model.pth.tar"  # the released trainer's layout
+    torch.save({"epoch": 3, "gen_state_dict": vibe.state_dict(), "performance": np.float64(60.0),
+                "gen_optimizer": {"state": {}, "param_groups": []}}, ck)
+    o = _opts(setup)
+    o.tcmr, o.render = str(ck), False
+    out = setup["root"] / "vibe_out"
+    res = run_infer([str(setup["clip"])], out, o)
+    with open(res["paths"]["clip:tcmr"], "rb") as fh:
+        r = pickle.load(fh)[3]
+    x = torch.from_numpy(Cache(out / "features.h5").read("clip/track3", "features").astype(np.float32))
+    with torch.no_grad():
+        want = vibe(x[None, 2:18])["verts"][0, 8]  # frame 10 = the middle (index 8) of frames 2..17
+    np.testing.assert_allclose(r["verts"][10], want.numpy(), rtol=1e-5, atol=1e-6)

@@ -7,7 +7,9 @@
   2D cache's content) starts it afresh when any of them changes.
 * TCMR on one 16-frame window per frame (8 before, the target, 7 after); a window that would
   leave the track is 16 copies of the target frame (TCMR's evaluation layout,
-  ``pad='repeat_target'``). Re-run when the model or the features change.
+  ``pad='repeat_target'``). Re-run when the model or the features change. A released VIBE
+  checkpoint runs on the same windows, keeping its output at the target frame. Frames whose
+  crop lies wholly outside the image (``valid=False`` in the features cache) get no mesh.
 * ``DIR/<video>/tcmr_output.pkl``: VIBE/TCMR demo layout, a dict keyed by track id of
   ``pred_cam`` (N, 3) weak-perspective (s, tx, ty) in the crop, ``orig_cam`` (N, 4)
   (sx, sy, tx, ty) in the full image, ``verts`` (N, V, 3), ``pose`` (N, 72), ``betas`` (N, 10),
@@ -175,10 +177,17 @@ def _predict_track(model: torch.nn.Module, feats: Cache, sid: str, contract: Any
     frames = feats.read(sid, "frame_index").astype(np.int64)
     keep = np.flatnonzero(valid)  # frames whose crop the backbone saw
     x, boxes, frames = x[keep], boxes[keep], frames[keep]
-    win = torch.from_numpy(tcmr_windows(len(keep), model.seq_len))
+    from poselift.lifting.tcmr.data import LEFT, SEQ_LEN
+    from poselift.lifting.tcmr.model import VIBE
+
+    win = torch.from_numpy(tcmr_windows(len(keep), getattr(model, "seq_len", SEQ_LEN), LEFT))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("theta", "verts", "kp_3d")}
     for b0 in range(0, len(win), batch):
-        out = model(x[win[b0:b0 + batch]].to(device), is_train=False)
+        xb = x[win[b0:b0 + batch]].to(device)
+        if isinstance(model, VIBE):  # a released VIBE: per-frame outputs, keep the window's target
+            out = {k: v[:, LEFT] for k, v in model(xb).items()}
+        else:
+            out = model(xb, is_train=False)
         for k in parts:
             parts[k].append(out[k].float().cpu().numpy())
     theta, verts, joints = (np.concatenate(parts[k]) for k in ("theta", "verts", "kp_3d"))
