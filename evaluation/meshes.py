@@ -148,7 +148,7 @@ def rasterize(verts_px: np.ndarray, faces: np.ndarray, height: int, width: int, 
         inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0) & (np.abs(area) > 1e-12) & \
             (px <= hi[sel, 0, None]) & (py <= hi[sel, 1, None])
         r, c = np.nonzero(inside)
-        depth = (b0 * z0 + b1 * z1 + b2 * z2)[r, c]
+        depth = b0[r, c] * z0[r, 0] + b1[r, c] * z1[r, 0] + b2[r, c] * z2[r, 0]  # covered pixels only
         pix = py[r, c] * width + px[r, c]
         np.minimum.at(zbuf, pix, depth)
         hits.append((pix, depth, sel[r]))
