@@ -157,6 +157,15 @@ def test_tcmr_needs_the_body_model_and_matching_features(setup: dict) -> None:
     with pytest.raises(InputError, match="--body-model-dir"):
         run_infer([str(setup["clip"])], setup["root"] / "bad1", o)
     o = _opts(setup)
+    o.body_model_dir = str(setup["root"])  # a folder without SMPL
+    with pytest.raises(FileNotFoundError, match="SMPL_NEUTRAL.pkl .* missing in"):
+        run_infer([str(setup["clip"])], setup["root"] / "bad3", o)
+    assert not (setup["root"] / "bad3" / "keypoints2d.h5").exists()  # refused before any stage ran
+    o = _opts(setup)
+    o.features_random_init = None
+    with pytest.raises(InputError, match="--features-weights"):
+        run_infer([str(setup["clip"])], setup["root"] / "bad4", o)
+    o = _opts(setup)
     o.features_base_width = 8  # 256-d features for a model that takes 128
     with pytest.raises(InputError, match="256-d features but the TCMR model"):
         run_infer([str(setup["clip"])], setup["root"] / "bad2", o)

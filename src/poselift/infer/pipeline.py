@@ -316,6 +316,10 @@ def run_infer(inputs: list[str], out: str | Path, o: InferOptions) -> dict[str, 
     videos = list_inputs(inputs)
     device = _device(o.device)
     run = _Run(out, videos, o.overwrite)
+    if o.tcmr:
+        from .tcmr_stage import check_tcmr_options
+
+        check_tcmr_options(o)
     lifter = load_any_lifter(o.lifter, joints_in=o.lifter_joints_in, joints_out=o.lifter_joints_out,
                              device=device, trust_pickle=o.trust_checkpoint)
     kp_path = _keypoints_stage(o, run, videos, device, timings)

@@ -39,7 +39,7 @@ from .lift import interpolate_missing
 from .outputs import TrackResult
 from .sources import InputError, VideoInput
 
-__all__ = ["crop_cam_to_orig", "project_orig", "tcmr_windows", "run_tcmr_stage", "mesh_overlay",
+__all__ = ["check_tcmr_options", "crop_cam_to_orig", "project_orig", "tcmr_windows", "run_tcmr_stage", "mesh_overlay",
            "drop_tcmr_outputs"]
 
 OUT_KEYS = ("pred_cam", "orig_cam", "verts", "pose", "betas", "joints3d", "bboxes", "frame_ids")
@@ -84,10 +84,20 @@ def _backbone(o: Any) -> tuple[torch.nn.Module, str]:
                             random_init=o.features_random_init is not None, seed=o.features_random_init or 0,
                             base_width=o.features_base_width, weights_format="auto",
                             trust_checkpoint=o.trust_checkpoint)
+    return load_backbone(ns)
+
+
+def check_tcmr_options(o: Any) -> None:
+    """Refuse a ``--tcmr`` run that lacks the body model or the backbone weights before any stage
+    runs (detection and 2D can take long)."""
+    from poselift.lifting.tcmr.smpl_model import find_body_model_file
+
+    if not o.body_model_dir:
+        raise InputError("--tcmr needs --body-model-dir (the folder with the SMPL neutral model)")
+    find_body_model_file(o.body_model_dir)  # a clear error naming the folder when the model is missing
     if o.features_weights is None and o.features_random_init is None:
         raise InputError("--tcmr needs --features-weights (the HMR/SPIN or ResNet-50 checkpoint the TCMR model's "
                          "features came from)")
-    return load_backbone(ns)
 
 
 def _side_stage(run: Any, name: str, key: dict[str, Any], paths: list[Path]) -> bool:
@@ -115,8 +125,7 @@ def run_tcmr_stage(o: Any, run: Any, kp_fingerprint: str, videos: list[VideoInpu
     from poselift.lifting.tcmr.eval import load_tcmr_any
     from poselift.lifting.tcmr.smpl_model import find_body_model_file
 
-    if not o.body_model_dir:
-        raise InputError("--tcmr needs --body-model-dir (the folder with the SMPL neutral model)")
+    check_tcmr_options(o)
     model, info = load_tcmr_any(o.tcmr, o.body_model_dir, device=device, trust_pickle=o.trust_checkpoint)
     backbone, wsha = _backbone(o)
     if backbone.feature_dim != model.feat_dim:
