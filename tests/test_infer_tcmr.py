@@ -191,3 +191,24 @@ def test_released_vibe_checkpoint_keeps_the_window_target(setup: dict) -> None:
     with torch.no_grad():
         want = vibe(x[None, 2:18])["verts"][0, 8]  # frame 10 = the middle (index 8) of frames 2..17
     np.testing.assert_allclose(r["verts"][10], want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_with_a_resnet50_checkpoint(setup: dict, capsys: pytest.CaptureFixture) -> None:
+    from poselift.extract.backbones import BACKBONES, file_sha256
+    from poselift.infer.cli import main
+
+    torch.manual_seed(2)
+    weights = setup["root"] / "resnet50_tiny.pth"  # torchvision layout, 4 base channels -> 128-d
+    torch.save(BACKBONES["resnet50"](base_width=BASE_WIDTH).state_dict(), weights)
+    out = setup["root"] / "cli_out"
+    rc = main([str(setup["clip"]), "--out", str(out), "--keypoints", str(setup["kp"]), "--lifter",
+               str(setup["lifter"]), "--tcmr", str(setup["ckpt"]), "--body-model-dir", str(setup["smpl"]),
+               "--features-backbone", "resnet50", "--features-weights", str(weights), "--no-render",
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0, capsys.readouterr()
+    with open(out / "clip" / "tcmr_output.pkl", "rb") as fh:
+        r = pickle.load(fh)[3]
+    assert r["verts"].shape == (N, 6890, 3)
+    run = json.loads((out / "run.json").read_text())
+    assert run["stages"]["features"]["weights"] == file_sha256(weights)
+    assert run["stages"]["features"]["backbone"] == "resnet50"
