@@ -92,6 +92,8 @@ def test_windows_repeat_the_target_at_the_borders() -> None:
     np.testing.assert_array_equal(w[8], np.arange(16))          # first full window: 0..15, target 8
     np.testing.assert_array_equal(w[12], np.arange(4, 20))       # last full window
     assert (w[3] == 3).all() and (w[13] == 13).all()             # would leave the track: 16 copies
+    short = tcmr_windows(5)                                      # a track shorter than one window
+    np.testing.assert_array_equal(short, np.repeat(np.arange(5)[:, None], 16, 1))
 
 
 def test_tcmr_stage_outputs_render_and_resume(setup: dict) -> None:
