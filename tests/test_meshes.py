@@ -1,6 +1,7 @@
 """Mesh export through trimesh and the OpenGL-free snapshot renderer."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import trimesh
@@ -61,3 +62,45 @@ def test_snapshot_of_occluded_far_face():
     b = render_snapshot(None, near, fn, size=64)
     # the far square is completely hidden (edges differ only by anti-aliasing)
     np.testing.assert_array_equal(a[6:-6, 6:-6], b[6:-6, 6:-6])
+
+
+def test_zbuffer_nearer_face_wins_whatever_the_order():
+    from poselift.evaluation.meshes import rasterize
+
+    # Two triangles over the same pixels; A's depth rises from 0 (x = 0) to 2 (x = 40), B is flat
+    # at 1: A is nearer left of x = 20, B right of it. Mean depths are equal, so only a per-pixel
+    # z-test (not a painter's order) gets both halves right.
+    a = np.array([[0, 0, 0.0], [40, 0, 2.0], [0, 40, 0.0]])
+    b = np.array([[0, 0, 1.0], [40, 0, 1.0], [0, 40, 1.0]])
+    for verts in (np.concatenate([a, b]), np.concatenate([b, a])):
+        first_is_a = verts[1, 2] == 2.0
+        zbuf, fid = rasterize(verts, np.array([[0, 1, 2], [3, 4, 5]]), 48, 48)
+        face_a, face_b = (0, 1) if first_is_a else (1, 0)
+        assert fid[5, 10] == face_a and abs(zbuf[5, 10] - 0.5) < 1e-9   # depth 2 * 10 / 40
+        assert fid[5, 30] == face_b and abs(zbuf[5, 30] - 1.0) < 1e-9
+        assert fid[45, 45] == -1 and np.isinf(zbuf[45, 45])
+        assert fid[0, 0] >= 0 and fid[39, 1] >= 0 and fid[30, 30] == -1  # outside the hypotenuse
+
+
+def test_overlay_changes_only_the_silhouette():
+    from poselift.evaluation.meshes import overlay_mesh
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    before = img.copy()
+    tri = np.array([[10.3, 5.2, 1.0], [70.6, 20.1, 1.5], [25.4, 55.7, 2.0]])
+    mask = overlay_mesh(img, tri, np.array([[0, 1, 2]]), color=(0, 255, 0), alpha=0.5)
+    changed = (img != before).any(-1)
+    poly = tri[:, :2].astype(np.float32).reshape(-1, 1, 2)
+    inside = np.array([[cv2.pointPolygonTest(poly, (float(x), float(y)), True) > 1e-6 for x in range(80)]
+                       for y in range(60)])
+    edge = np.array([[abs(cv2.pointPolygonTest(poly, (float(x), float(y)), True)) <= 1e-6 for x in range(80)]
+                     for y in range(60)])
+    assert not (changed & ~mask).any()                    # nothing outside the silhouette moves
+    assert ((mask == inside) | edge).all()               # the silhouette is the projected triangle
+    # semi-transparent: half the frame, half the shaded colour
+    n = np.cross(tri[1] - tri[0], tri[2] - tri[0])
+    shade = 0.3 + 0.7 * abs(n[2]) / np.linalg.norm(n)
+    y, x = 20, 30
+    want = np.round(0.5 * np.array([0, 255, 0]) * shade + 0.5 * before[y, x])
+    np.testing.assert_array_equal(img[y, x], want.astype(np.uint8))

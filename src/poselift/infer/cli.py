@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--track-max-gap", type=int, default=10,
                    help="tracker: longest run of missed frames bridged inside one track (default 10)")
     g.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation in the lifter")
+    t = p.add_argument_group("meshes (optional TCMR stage)")
+    t.add_argument("--tcmr", metavar="CHECKPOINT",
+                   help="TCMR model: released .pth.tar, poselift TCMR checkpoint or zoo name; adds SMPL meshes "
+                        "(tcmr_output.pkl) and overlays them on the render")
+    t.add_argument("--body-model-dir", help="folder with the SMPL neutral model and regressors (for --tcmr)")
+    t.add_argument("--features-backbone", default="hmr", choices=["hmr", "resnet50"],
+                   help="backbone the TCMR model's features came from (default hmr)")
+    t.add_argument("--features-weights", help="its checkpoint (SPIN/HMR or torchvision ResNet-50 .pth, or zoo name)")
     r = p.add_argument_group("render")
     r.add_argument("--no-render", action="store_true", help="skip the MP4")
     r.add_argument("--max-panels", type=int, default=4, help="3D panels in the render (longest tracks first)")
@@ -82,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      track_min_hits=a.track_min_hits, track_max_age=a.track_max_age,
                      track_max_gap=a.track_max_gap, flip=not a.no_flip,
                      render=not a.no_render, max_panels=a.max_panels, render_height=a.render_height,
+                     tcmr=a.tcmr, body_model_dir=a.body_model_dir, features_backbone=a.features_backbone,
+                     features_weights=a.features_weights,
                      device=a.device, overwrite=a.overwrite, trust_checkpoint=a.trust_checkpoint,
                      progress=progress_mode(a))
 

@@ -30,7 +30,8 @@ def _label(t: TrackResult) -> str:
 
 def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[TrackResult]],
                   settings: dict[str, Any], notes: list[str], timings: dict[str, float], o: Any,
-                  joint_set_3d: str) -> dict[str, str]:
+                  joint_set_3d: str, overlays: dict[str, Any] | None = None) -> dict[str, str]:
+    """``overlays``: per video a render hook (the TCMR meshes, ``tcmr_stage.mesh_overlay``)."""
     from poselift.core.progress import progress_bar
 
     paths: dict[str, str] = {}
@@ -50,6 +51,8 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             p = d / "tracks" / f"{_label(t)}.json"
             write_track_json(p, t, meta)
             files[f"track {t.seq_id}"] = p
+        if (d / "tcmr_output.pkl").exists():  # written by the TCMR stage of this run (--tcmr)
+            files["SMPL meshes (TCMR/VIBE demo pkl)"] = d / "tcmr_output.pkl"
         if (d / "tracks.png").exists():  # written by the tracking stage when it ran here
             files["tracks over time (PNG)"] = d / "tracks.png"
         if not vt:
@@ -65,7 +68,8 @@ def write_outputs(out: Path, videos: list[VideoInput], tracks: dict[str, list[Tr
             frames = progress_bar(read_frames(v), total=v.n_frames, unit="frame", progress=o.progress,
                                   desc=f"render {v.video_id}")
             web = render_video(frames, v.size, views, mp4, v.fps, height=o.render_height,
-                               max_panels=o.max_panels, preview=d / "render.webm")["preview"]
+                               max_panels=o.max_panels, preview=d / "render.webm",
+                               overlay=(overlays or {}).get(v.video_id))["preview"]
             t_render += time.perf_counter() - t0
             paths[f"{v.video_id}:mp4"] = str(mp4)
             if web is not None:

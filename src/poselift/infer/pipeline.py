@@ -63,6 +63,12 @@ class InferOptions:
     device: str = "auto"
     overwrite: bool = False
     trust_checkpoint: bool = False
+    tcmr: str | None = None  # optional TCMR stage (tcmr_stage.py): checkpoint, zoo name or None
+    body_model_dir: str | None = None
+    features_backbone: str = "hmr"
+    features_weights: str | None = None
+    features_random_init: int | None = None  # seed of an untrained backbone (tests, smoke runs)
+    features_base_width: int = 64
     progress: Progress = True  # True/'auto', 'bar', 'lines' or False/'off' (poselift.core.progress)
 
 
@@ -310,6 +316,10 @@ def run_infer(inputs: list[str], out: str | Path, o: InferOptions) -> dict[str, 
     videos = list_inputs(inputs)
     device = _device(o.device)
     run = _Run(out, videos, o.overwrite)
+    if o.tcmr:
+        from .tcmr_stage import check_tcmr_options
+
+        check_tcmr_options(o)
     lifter = load_any_lifter(o.lifter, joints_in=o.lifter_joints_in, joints_out=o.lifter_joints_out,
                              device=device, trust_pickle=o.trust_checkpoint)
     kp_path = _keypoints_stage(o, run, videos, device, timings)
@@ -317,8 +327,22 @@ def run_infer(inputs: list[str], out: str | Path, o: InferOptions) -> dict[str, 
     t = time.perf_counter()
     tracks = _lift_stage(o, run, kp_path, videos, lifter, device, notes)
     timings["lift_s"] = time.perf_counter() - t
+    overlays, tcmr_paths = {}, {}
+    if o.tcmr:
+        from .tcmr_stage import mesh_overlay, run_tcmr_stage
+
+        meshes, faces = run_tcmr_stage(o, run, Cache(kp_path).content_fingerprint, videos, tracks, device,
+                                       timings, notes)
+        for v in videos:
+            overlays[v.video_id] = mesh_overlay(meshes[v.video_id], faces, v.size)
+            tcmr_paths[f"{v.video_id}:tcmr"] = str(out / v.video_id / "tcmr_output.pkl")
+    else:
+        from .tcmr_stage import drop_tcmr_outputs
+
+        drop_tcmr_outputs(run, videos)
     settings = {k: v for k, v in asdict(o).items() if k not in ("progress", "overwrite")}
-    paths = write_outputs(out, videos, tracks, settings, notes, timings, o, lifter.joints_out)
+    paths = write_outputs(out, videos, tracks, settings, notes, timings, o, lifter.joints_out,
+                          overlays=overlays) | tcmr_paths
     timings["total_s"] = time.perf_counter() - t0
     return {"paths": paths, "timings": {k: round(v, 2) for k, v in timings.items()}, "notes": notes,
             "tracks": sum(len(v) for v in tracks.values()), "caches": {s: str(out / c) for s, c in CACHE.items()}}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -114,12 +114,14 @@ def _draw_2d(img: np.ndarray, view: TrackView, t: int, scale: float, color: tupl
 
 def render_video(frames: Iterator[tuple[int, np.ndarray | None]], frame_size: tuple[int, int],
                  views: list[TrackView], out: Path, fps: float, *, height: int = 360,
-                 max_panels: int = 4, preview: Path | None = None) -> dict[str, Any]:
+                 max_panels: int = 4, preview: Path | None = None,
+                 overlay: Callable[[int, np.ndarray, float, float], None] | None = None) -> dict[str, Any]:
     """Write ``out`` (MP4, OpenCV ``mp4v``); one output frame per source frame. Panels go to the
     ``max_panels`` tracks with the most frames. ``preview``: the same frames as VP8 WebM, which
     browsers play (none plays MPEG-4 part 2, the only MP4 codec OpenCV's wheels can write), at
     half size;
-    skipped (``"preview": None``) where this OpenCV cannot write WebM.
+    skipped (``"preview": None``) where this OpenCV cannot write WebM. ``overlay(i, frame, sx, sy)``
+    draws on the resized frame i (scale sx, sy from source pixels) before the 2D skeletons.
     Returns {"frames", "width", "height", "frame_width", "panels", "preview"}."""
     w0, h0 = frame_size
     scale = height / h0
@@ -148,6 +150,8 @@ def render_video(frames: Iterator[tuple[int, np.ndarray | None]], frame_size: tu
                             0.6, (255, 255, 255), 1, cv2.LINE_AA)
             else:
                 left = cv2.resize(frame, (fw, height), interpolation=cv2.INTER_AREA)
+                if overlay is not None:
+                    overlay(i, left, fw / w0, height / h0)
                 for v in views:
                     t = pos[id(v)].get(i)
                     if t is not None:
