@@ -1,4 +1,4 @@
-"""``poselift-extract keypoints``: 2D keypoints (SIKR or FAMI-Pose) into a keypoints2d cache.
+"""``poselift-extract keypoints``: 2D keypoints (SIKR, SimCC or FAMI-Pose) into a keypoints2d cache.
 
 Manifest entries are those of ``features``; ``box_format`` coco / posetrack means several
 boxes per frame (a COCO detection JSON, or PoseTrack JSON with track ids; a PoseTrack entry
@@ -44,16 +44,18 @@ def add_keypoints_parser(sub: Any) -> None:
                           "video's first frame, e.g. 10003420000")
     src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
     m = k.add_argument_group("estimator")
-    m.add_argument("--estimator", required=True, choices=["sikr", "famipose"],
-                   help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
-    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth, or a zoo name "
+    m.add_argument("--estimator", required=True, choices=["sikr", "simcc", "famipose"],
+                   help="sikr: AlphaPose FastPose with integral regression; simcc: HRNet + SimCC coordinate "
+                        "classification; famipose: HRNet + FAMI-Pose head with supporting frames")
+    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth, SimCC weights (poselift-train "
+                   "model_best.pth, leeyegy/SimCC or MMPose layout) or FAMI-Pose epoch_N_state.pth, or a zoo name "
                    "(alphapose-fastpose-coco17; see `poselift weights list`)")
     add_trust_flag(m, "--weights")
     m.add_argument("--fami-config", default="release", choices=["release", "paper"],
                    help="FAMI head variant (release: translation GTM, raw masks; paper: affine, sigmoid)")
     m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="override the crop size (default 256 192 for SIKR, 384 288 for FAMI-Pose)")
-    m.add_argument("--flip-test", action="store_true", help="SIKR: average with the mirrored crop")
+                   help="override the crop size (default 256 192 for SIKR and SimCC, 384 288 for FAMI-Pose)")
+    m.add_argument("--flip-test", action="store_true", help="SIKR / SimCC: average with the mirrored crop")
     m.add_argument("--pose-nms", default="auto", choices=["auto", "body", "fullbody", "off"],
                    help="SIKR P-NMS parameters (auto: fullbody for 133/136 keypoints); always off "
                         "when the boxes carry track ids")
@@ -132,6 +134,12 @@ def _load_estimator(a: argparse.Namespace):
 
         model = load_alphapose(a.weights, trust=a.trust_checkpoint)
         contract = fastpose_contract(**over)
+    elif a.estimator == "simcc":
+        from .contracts import simcc_contract
+        from .estimators.simcc_model import load_simcc
+
+        model = load_simcc(a.weights, tuple(a.input_size) if a.input_size else (256, 192), trust=a.trust_checkpoint)
+        contract = simcc_contract(model.split_ratio, **over)
     else:
         from .estimators.famipose import PAPER, RELEASE, load_famipose
 
