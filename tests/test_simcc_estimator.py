@@ -208,3 +208,32 @@ def test_cli_extracts_simcc_keypoints_matching_by_hand(clip: Path, tmp_path: Pat
     assert main(args[:1] + [str(tmp_path / "o2.h5")] + args[2:]) == 2
     err = capsys.readouterr().err
     assert "head.mlp_head_y.bias" in err and "model_best.pth" in err
+
+
+def test_infer_runs_simcc_on_detected_boxes(tmp_path: Path) -> None:
+    """``poselift infer --estimator simcc``: YOLOX boxes -> SimCC 2D (tiny nets) -> lift."""
+    import importlib.util
+
+    from poselift.infer import InferOptions, run_infer
+    from poselift.lifting.videopose3d.interop import export_videopose3d
+    from poselift.lifting.videopose3d.model import TemporalModel
+
+    spec = importlib.util.spec_from_file_location("infer_detect", Path(__file__).with_name("test_infer_detect.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        cv2.imwrite(str(frames / f"{t:03d}.png"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    torch.save(tiny().state_dict(), tmp_path / "simcc.pth")
+    export_videopose3d(tmp_path / "lifter.bin", TemporalModel(17, 2, 17, filter_widths=[3], channels=8).eval())
+    o = InferOptions(lifter=str(tmp_path / "lifter.bin"), detector=str(mod._yolox(tmp_path / "yolox.pth")),
+                     detector_size=160, estimator="simcc", estimator_weights=str(tmp_path / "simcc.pth"),
+                     estimator_input_size=HW, device="cpu", progress=False, render=False)
+    res = run_infer([str(frames)], tmp_path / "out", o)
+    with Cache(tmp_path / "out" / "keypoints2d.h5", kind="keypoints2d") as kp:
+        assert kp.header.source["estimator"] == "simcc" and len(kp) == res["tracks"] >= 1
+        for s in kp.ids:
+            k = kp.read(s, "keypoints")
+            assert k.shape == (4, 17, 2) and np.isfinite(k).all() and kp.read(s, "valid").all()
