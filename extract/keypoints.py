@@ -203,7 +203,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
     fami = isinstance(estimator, FAMIPose)
     simcc = isinstance(estimator, SimCCPose)
     if contract is None:
-        contract = famipose_contract() if fami else simcc_contract(estimator.split_ratio) if simcc else fastpose_contract()
+        contract = (famipose_contract() if fami else simcc_contract(estimator.split_ratio) if simcc
+                    else fastpose_contract())
     if simcc and tuple(contract.crop_hw) != tuple(estimator.input_size):
         raise ValueError(f"SimCC weights are for input {estimator.input_size}, the contract crops {contract.crop_hw}")
     k = int(estimator.num_joints)
@@ -213,7 +214,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
     jobs = _as_jobs(sequences)
     params = nms_params or PoseNMSParams()
     name = "famipose" if fami else "simcc" if simcc else "sikr"
-    source = {"extractor": extractor or {"famipose": "famipose", "simcc": "simcc-hrnet"}.get(name, "alphapose-fastpose-sikr"),
+    default_extractor = {"famipose": "famipose", "simcc": "simcc-hrnet"}.get(name, "alphapose-fastpose-sikr")
+    source = {"extractor": extractor or default_extractor,
               "estimator": name, "weights_sha256": weights_sha256,
               "contract": contract.to_dict(), "decode": contract.decode,
               "coordinates": "image px, pixel-index convention (integer = pixel centre, no +0.5)",
