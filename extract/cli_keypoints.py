@@ -57,8 +57,8 @@ def add_keypoints_parser(sub: Any) -> None:
                    help="override the crop size (default 256 192 for SIKR and SimCC, 384 288 for FAMI-Pose)")
     m.add_argument("--flip-test", action="store_true", help="SIKR / SimCC: average with the mirrored crop")
     m.add_argument("--pose-nms", default="auto", choices=["auto", "body", "fullbody", "off"],
-                   help="SIKR P-NMS parameters (auto: fullbody for 133/136 keypoints); always off "
-                        "when the boxes carry track ids")
+                   help="SIKR P-NMS parameters (auto: fullbody for 133/136 keypoints, off for simcc, whose "
+                        "softmax scores are not on AlphaPose's scale); always off when the boxes carry track ids")
     m.add_argument("--min-box-area", type=float, default=0.0, help="P-NMS: drop smaller poses")
     m.add_argument("--tube-length", type=int, default=1,
                    help="FAMI: key frames sharing one crop box and backbone features (1 = reference)")
@@ -177,7 +177,11 @@ def run_keypoints(a: argparse.Namespace) -> int:
         return 1
     model, contract, sha = _load_estimator(a)
     k = int(model.num_joints)
-    nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
+    # auto: no P-NMS for SimCC. AlphaPose's thresholds (e.g. a pose survives only with a keypoint
+    # score >= 0.3) are tuned on SIKR / heatmap confidences; a SimCC score is a softmax peak over
+    # the bins, and one trained on Gaussian labels of sigma 6 bins peaks near 1/(6 sqrt(2 pi)) = 0.07.
+    auto = "off" if a.estimator == "simcc" else "fullbody" if k in (133, 136) else "body"
+    nms = a.pose_nms if a.pose_nms != "auto" else auto
     params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
     device = str(resolve_device(a.device))
     res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size,

@@ -237,3 +237,29 @@ def test_infer_runs_simcc_on_detected_boxes(tmp_path: Path) -> None:
         for s in kp.ids:
             k = kp.read(s, "keypoints")
             assert k.shape == (4, 17, 2) and np.isfinite(k).all() and kp.read(s, "valid").all()
+
+
+def test_cli_simcc_several_boxes_per_frame_skips_alphapose_pnms(clip: Path, tmp_path: Path) -> None:
+    """Two people per frame from a detection JSON: pose NMS is off by default for SimCC (its
+    softmax scores are far below AlphaPose's 0.3 survival threshold), so both tracks are written."""
+    import json
+
+    ckpt = tmp_path / "simcc.pth"
+    torch.save(tiny().state_dict(), ckpt)
+    dets = [{"image_id": f"{i:06d}.jpg", "category_id": 1, "bbox": [30 + 3 * i + dx, 20, 50, 80], "score": 0.9}
+            for i in range(N_FRAMES) for dx in (0, 70)]
+    (tmp_path / "det.json").write_text(json.dumps(dets))
+    out = tmp_path / "multi.h5"
+    args = ["keypoints", str(out), "--estimator", "simcc", "--weights", str(ckpt), "--video", str(clip),
+            "--boxes", str(tmp_path / "det.json"), "--box-format", "coco", "--input-size", "64", "64",
+            "--workers", "0", "--batch-size", "8", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    with Cache(out) as c:
+        assert c.header.source["pose_nms"] is None
+        assert c.ids == ["clip/track0", "clip/track1"]
+        scores = np.concatenate([c.read(s, "scores") for s in c.ids])
+    assert scores.max() < 0.3
+    # forcing AlphaPose's body P-NMS drops every pose (max keypoint score < 0.3)
+    assert main(args[:1] + [str(tmp_path / "nms.h5")] + args[2:] + ["--pose-nms", "body"]) == 0
+    with Cache(tmp_path / "nms.h5") as c:
+        assert c.ids == [] and c.header.source["pose_nms"]["gamma"] == 22.48
