@@ -1,4 +1,4 @@
-"""``poselift-extract keypoints``: 2D keypoints (SIKR or FAMI-Pose) into a keypoints2d cache.
+"""``poselift-extract keypoints``: 2D keypoints (SIKR, SimCC or FAMI-Pose) into a keypoints2d cache.
 
 Manifest entries are those of ``features``; ``box_format`` coco / posetrack means several
 boxes per frame (a COCO detection JSON, or PoseTrack JSON with track ids; a PoseTrack entry
@@ -47,19 +47,21 @@ def add_keypoints_arguments(k: argparse.ArgumentParser) -> None:
                           "video's first frame, e.g. 10003420000")
     src.add_argument("--dataset", default="custom", help="dataset name stored in the cache header")
     m = k.add_argument_group("estimator")
-    m.add_argument("--estimator", required=True, choices=["sikr", "famipose"],
-                   help="sikr: AlphaPose FastPose with integral regression; famipose: HRNet + FAMI-Pose head with supporting frames")
-    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth or FAMI-Pose epoch_N_state.pth, or a zoo name "
+    m.add_argument("--estimator", required=True, choices=["sikr", "simcc", "famipose"],
+                   help="sikr: AlphaPose FastPose with integral regression; simcc: HRNet + SimCC coordinate "
+                        "classification; famipose: HRNet + FAMI-Pose head with supporting frames")
+    m.add_argument("--weights", required=True, help="AlphaPose FastPose .pth, SimCC weights (poselift-train "
+                   "model_best.pth, leeyegy/SimCC or MMPose layout) or FAMI-Pose epoch_N_state.pth, or a zoo name "
                    "(alphapose-fastpose-coco17; see `poselift weights list`)")
     add_trust_flag(m, "--weights")
     m.add_argument("--fami-config", default="release", choices=["release", "paper"],
                    help="FAMI head variant (release: translation GTM, raw masks; paper: affine, sigmoid)")
     m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="override the crop size (default 256 192 for SIKR, 384 288 for FAMI-Pose)")
-    m.add_argument("--flip-test", action="store_true", help="SIKR: average with the mirrored crop")
+                   help="override the crop size (default 256 192 for SIKR and SimCC, 384 288 for FAMI-Pose)")
+    m.add_argument("--flip-test", action="store_true", help="SIKR / SimCC: average with the mirrored crop")
     m.add_argument("--pose-nms", default="auto", choices=["auto", "body", "fullbody", "off"],
-                   help="SIKR P-NMS parameters (auto: fullbody for 133/136 keypoints); always off "
-                        "when the boxes carry track ids")
+                   help="SIKR P-NMS parameters (auto: fullbody for 133/136 keypoints, off for simcc, whose "
+                        "softmax scores are not on AlphaPose's scale); always off when the boxes carry track ids")
     m.add_argument("--min-box-area", type=float, default=0.0, help="P-NMS: drop smaller poses")
     m.add_argument("--tube-length", type=int, default=1,
                    help="FAMI: key frames sharing one crop box and backbone features (1 = reference)")
@@ -135,6 +137,12 @@ def _load_estimator(a: argparse.Namespace):
 
         model = load_alphapose(a.weights, trust=a.trust_checkpoint)
         contract = fastpose_contract(**over)
+    elif a.estimator == "simcc":
+        from .contracts import simcc_contract
+        from .estimators.simcc_model import load_simcc
+
+        model = load_simcc(a.weights, tuple(a.input_size) if a.input_size else (256, 192), trust=a.trust_checkpoint)
+        contract = simcc_contract(model.split_ratio, **over)
     else:
         from .estimators.famipose import PAPER, RELEASE, load_famipose
 
@@ -172,7 +180,11 @@ def run_keypoints(a: argparse.Namespace) -> int:
         return 1
     model, contract, sha = _load_estimator(a)
     k = int(model.num_joints)
-    nms = a.pose_nms if a.pose_nms != "auto" else ("fullbody" if k in (133, 136) else "body")
+    # auto: no P-NMS for SimCC. AlphaPose's thresholds (e.g. a pose survives only with a keypoint
+    # score >= 0.3) are tuned on SIKR / heatmap confidences; a SimCC score is a softmax peak over
+    # the bins, and one trained on Gaussian labels of sigma 6 bins peaks near 1/(6 sqrt(2 pi)) = 0.07.
+    auto = "off" if a.estimator == "simcc" else "fullbody" if k in (133, 136) else "body"
+    nms = a.pose_nms if a.pose_nms != "auto" else auto
     params = PoseNMSParams.fullbody_regression() if nms == "fullbody" else PoseNMSParams()
     device = str(resolve_device(a.device))
     res = extract_keypoints(jobs, a.out, model, contract, batch_size=a.batch_size,

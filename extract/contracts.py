@@ -33,7 +33,8 @@ import torch
 
 from .crops import square_crop_affine, square_box
 
-__all__ = ["PreprocessContract", "IMAGENET_MEAN", "IMAGENET_STD", "CONTRACTS", "BOX_MODES"]
+__all__ = ["PreprocessContract", "IMAGENET_MEAN", "IMAGENET_STD", "CONTRACTS", "BOX_MODES", "simcc_contract",
+           "SIMCC_SPLIT_RATIO", "SIMCC_SIGMA"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -234,3 +235,27 @@ CONTRACTS: dict[str, PreprocessContract] = {
     "tcmr-demo": PreprocessContract(bbox_scale=1.2),
     "vibe-demo": PreprocessContract(bbox_scale=1.1),
 }
+
+
+# MMPose's SimCC (COCO, 256x192) top-down contract: box to w/h = 0.75 then x1.25
+# (GetBBoxCenterScale padding 1.25), RGB with ImageNet mean/std (MMPose's 0-255 values
+# 123.675/116.28/103.53 and 58.395/57.12/57.375 are these x255), split ratio 2.0, 1-D Gaussian
+# labels of sigma 6.0 bins (the same values as configs/pose2d/simcc_hrnet_w32_coco.yaml).
+# k and sigma are not crop fields; they are recorded in ``decode`` and the loader checks k
+# against the checkpoint's bins.
+SIMCC_SPLIT_RATIO = 2.0
+SIMCC_SIGMA = 6.0
+
+
+def simcc_contract(split_ratio: float = SIMCC_SPLIT_RATIO, sigma: float = SIMCC_SIGMA,
+                   **overrides: Any) -> PreprocessContract:
+    """SimCC (HRNet) crop contract; keyword overrides as for the other presets."""
+    decode = (f"simcc argmax / k (split ratio k={split_ratio:g}, trained with gaussian sigma={sigma:g} bins); "
+              "score = min of the two softmax peaks; pixel-index convention (no +0.5); "
+              "isotropic crop_w/W about crop-box centre")
+    base = dict(input_size=(256, 192), box_mode="aspect", bbox_scale=1.25, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                value_scale=255.0, channel_order="RGB", heatmap_stride=4, joint_set="coco17", decode=decode)
+    return PreprocessContract(**{**base, **overrides})
+
+
+CONTRACTS["mmpose-simcc-coco"] = simcc_contract()

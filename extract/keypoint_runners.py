@@ -7,6 +7,8 @@ pixels through the crop boxes with one convention (pixel-index coordinates, no +
 ``poselift.extract.contracts``):
 
 * :class:`SikrRunner`: FastPose logits -> ``sikr_decode`` (optional flip test on raw logits).
+* :class:`SimccRunner`: HRNet + SimCC logits -> argmax / k in crop px -> image px (optional
+  flip test on raw logits, :func:`~.estimators.simcc_model.simcc_flip_test`).
 * :class:`FamiRunner`: frozen HRNet features once per crop, the FAMI head per key frame,
   :func:`fami_decode` on the final heatmaps.
 """
@@ -22,8 +24,10 @@ from torch import nn
 from .contracts import PreprocessContract
 from .estimators.famipose import FAMIPose
 from .estimators.sikr import crop_to_image, flip_pairs_for, flip_test_logits, sikr_decode
+from .estimators.simcc import simcc_decode
+from .estimators.simcc_model import simcc_flip_test
 
-__all__ = ["fami_decode", "SikrRunner", "FamiRunner"]
+__all__ = ["fami_decode", "SikrRunner", "SimccRunner", "FamiRunner"]
 
 
 def fami_decode(heatmaps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +112,30 @@ class SikrRunner(_Runner):
             return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
         coords, conf = sikr_decode(self.logits(self.prepare(crops)), np.asarray(crop_boxes, np.float32))
         return coords, conf[..., 0]
+
+
+class SimccRunner(SikrRunner):
+    """HRNet + SimCC: argmax / k in crop pixels, then the crop box back to image pixels.
+    ``flip_test`` averages the raw x / y logits with the mirror's (x bins reversed, pairs swapped)."""
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """Normalised crops (N, 3, H, W) -> (x (N, K, W*k), y (N, K, H*k)) float32."""
+        with _flush_denormal(self.flush), torch.inference_mode():
+            if self.flip_test:
+                return simcc_flip_test(self.model, x, self.flip_pairs, amp=self.amp)
+            with self._autocast():
+                lx, ly = self.model(x)
+            return lx.float(), ly.float()
+
+    def __call__(self, crops: torch.Tensor | np.ndarray, crop_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 BGR crops (N, H, W, 3), crop boxes (N, 4) -> image px (N, K, 2), scores (N, K)."""
+        k = int(self.model.num_joints)
+        if len(crop_boxes) == 0:
+            return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
+        lx, ly = self.logits(self.prepare(crops))
+        xy, score = simcc_decode(lx, ly, self.model.split_ratio)
+        coords = crop_to_image(xy.cpu().numpy(), np.asarray(crop_boxes, np.float32), self.contract.crop_hw)
+        return coords.astype(np.float32), score.cpu().numpy().astype(np.float32)
 
 
 class FamiRunner(_Runner):

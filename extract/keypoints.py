@@ -44,13 +44,14 @@ from poselift.core.progress import progress_bar
 from poselift.datasets.cache import CacheHeader, CacheWriter
 from poselift.datasets.joints import get_joint_set
 
-from .contracts import PreprocessContract
+from .contracts import PreprocessContract, simcc_contract
 from .detections import IoUTracker, VideoDetections, split_tracks
 from .estimators.contracts import famipose_contract, fastpose_contract
 from .estimators.famipose import FAMIPose
 from .estimators.pose_nms import PoseNMSParams, pose_nms
 from .features import ExtractionResult, SequenceSpec, _worker_init, feed_sha256
-from .keypoint_runners import FamiRunner, SikrRunner
+from .estimators.simcc_model import SimCCPose
+from .keypoint_runners import FamiRunner, SikrRunner, SimccRunner
 from .keypoint_stream import DetectionCropStream, TubeCropStream, TubeSpec
 
 __all__ = ["KeypointResult", "extract_keypoints", "joint_set_for", "detections_fingerprint",
@@ -178,11 +179,12 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
 
     Args:
         sequences: ``SequenceSpec`` (single person) and/or ``VideoDetections`` (several boxes).
-        estimator: a ``FastPose`` (SIKR decode) or a ``FAMIPose``.
+        estimator: a ``FastPose`` (SIKR decode), a ``SimCCPose`` (SimCC argmax; runs the SIKR
+            path: per-box crops, pose NMS, tracks) or a ``FAMIPose``.
         contract: crop/normalisation contract (default: the estimator's reference preset).
         batch_size: boxes (SIKR) / key frames (FAMI) per chunk and model call.
         num_workers: DataLoader workers for decode + crop (0 = main process).
-        flip_test: SIKR only, average raw logits with the flipped-back mirror crop.
+        flip_test: SIKR / SimCC only, average raw logits with the flipped-back mirror crop.
         nms_params, use_pose_nms, min_box_area: SIKR multi-person pose NMS (default body
             parameters; pass ``PoseNMSParams.fullbody_regression()`` for 136-point SIKR).
         tracker_iou, tracker_max_age: :class:`IoUTracker` for boxes without track ids.
@@ -190,16 +192,22 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
         weights_sha256: checkpoint sha256 (required; ``random-init:seed=<n>`` for untrained nets).
     """
     fami = isinstance(estimator, FAMIPose)
+    simcc = isinstance(estimator, SimCCPose)
     if contract is None:
-        contract = famipose_contract() if fami else fastpose_contract()
+        contract = (famipose_contract() if fami else simcc_contract(estimator.split_ratio) if simcc
+                    else fastpose_contract())
+    if simcc and tuple(contract.crop_hw) != tuple(estimator.input_size):
+        raise ValueError(f"SimCC weights are for input {estimator.input_size}, the contract crops {contract.crop_hw}")
     k = int(estimator.num_joints)
     if not weights_sha256:
         raise ValueError("weights_sha256 is required: the sha256 of the checkpoint file, or "
                          "'random-init:seed=<n>' for an untrained estimator")
     jobs = _as_jobs(sequences)
     params = nms_params or PoseNMSParams()
-    source = {"extractor": extractor or ("famipose" if fami else "alphapose-fastpose-sikr"),
-              "estimator": "famipose" if fami else "sikr", "weights_sha256": weights_sha256,
+    name = "famipose" if fami else "simcc" if simcc else "sikr"
+    default_extractor = {"famipose": "famipose", "simcc": "simcc-hrnet"}.get(name, "alphapose-fastpose-sikr")
+    source = {"extractor": extractor or default_extractor,
+              "estimator": name, "weights_sha256": weights_sha256,
               "contract": contract.to_dict(), "decode": contract.decode,
               "coordinates": "image px, pixel-index convention (integer = pixel centre, no +0.5)",
               "num_joints": k}
@@ -210,6 +218,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
                           "track_before_estimator": f"iou>={tracker_iou}, max_age={tracker_max_age}"}
     else:
         source["flip_test"] = bool(flip_test)
+        if simcc:
+            source["simcc"] = {"split_ratio": estimator.split_ratio}
         source["pose_nms"] = asdict(params) | {"min_box_area": min_box_area} if use_pose_nms else None
         source["tracker"] = f"file ids, else IoU Hungarian iou>={tracker_iou}, max_age={tracker_max_age}"
     header = CacheHeader(kind="keypoints2d", dataset=dataset, joint_set=joint_set_for(k, contract),
@@ -226,7 +236,7 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
             _run_tubes(jobs, writer, runner, contract, batch_size, tube_length, tracker_iou,
                        tracker_max_age, loader_kw, progress, result)
         else:
-            runner = SikrRunner(estimator, contract, device, amp=amp, flip_test=flip_test)
+            runner = (SimccRunner if simcc else SikrRunner)(estimator, contract, device, amp=amp, flip_test=flip_test)
             _run_detections(jobs, writer, runner, contract, batch_size, params if use_pose_nms else None,
                             min_box_area, tracker_iou, tracker_max_age, loader_kw, progress, result)
     result.seconds = time.perf_counter() - t0

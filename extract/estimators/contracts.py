@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..contracts import IMAGENET_MEAN, IMAGENET_STD, PreprocessContract
+from ..contracts import IMAGENET_MEAN, IMAGENET_STD, PreprocessContract, simcc_contract
 
 __all__ = ["fastpose_contract", "famipose_contract", "FastPoseContract", "FASTPOSE_CONTRACT",
            "FAMIPOSE_CONTRACT", "ESTIMATOR_CONTRACTS"]
@@ -49,4 +49,5 @@ FAMIPOSE_CONTRACT = famipose_contract()
 ESTIMATOR_CONTRACTS: dict[str, PreprocessContract] = {
     "sikr": FASTPOSE_CONTRACT,
     "famipose": FAMIPOSE_CONTRACT,
+    "simcc": simcc_contract(),
 }

@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--detector-size", type=int, help="YOLOX letterbox size (default: 416 nano/tiny, 640 others)")
     g.add_argument("--det-conf", type=float, default=0.25, help="YOLOX score threshold (default 0.25)")
     g.add_argument("--det-nms", type=float, default=0.45, help="YOLOX NMS IoU threshold (default 0.45)")
-    g.add_argument("--estimator", default="sikr", choices=["sikr", "famipose"],
+    g.add_argument("--estimator", default="sikr", choices=["sikr", "simcc", "famipose"],
                    help="2D estimator run on the tracked boxes (default sikr)")
-    g.add_argument("--estimator-weights", help="AlphaPose FastPose .pth (sikr) or FAMI-Pose state (famipose)")
+    g.add_argument("--estimator-weights", help="AlphaPose FastPose .pth (sikr), SimCC weights (simcc) or FAMI-Pose state (famipose)")
     g.add_argument("--estimator-input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="override the 2D crop size (default 256 192 for sikr, 384 288 for famipose)")
+                   help="override the 2D crop size (default 256 192 for sikr and simcc, 384 288 for famipose)")
     g.add_argument("--keypoints", nargs="+", default=[], metavar="FILE",
                    help="skip detection and 2D: AlphaPose result JSON or COCO keypoint JSON (one per video, "
                         "in input order), or one poselift keypoints2d cache (.h5)")
