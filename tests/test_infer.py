@@ -159,6 +159,23 @@ def test_leave_and_return_interpolates_and_resumes(tmp_path: Path) -> None:
     other, _ = _write_clip(tmp_path / "b", "crossing", 5)
     with pytest.raises(ValueError, match="other input videos"):
         run_infer([str(other)], out, _opts(lifter, [tmp_path / "ap.json"]))
+    # a second run while one works on the folder is refused naming the holder, even with
+    # --overwrite, and removes nothing (flock: a second open file description conflicts like
+    # another process would)
+    from poselift.datasets.cache.lock import CacheLockedError, WriterLock
+
+    holder = WriterLock(out / "run.json")
+    holder.acquire()
+    try:
+        with pytest.raises(CacheLockedError, match=r"pid \d+"):
+            run_infer([str(clip)], out, _opts(lifter, [tmp_path / "ap.json"], overwrite=True))
+        assert (out / "keypoints2d.h5").stat().st_mtime_ns == kp_mtime and (out / "run.json").exists()
+    finally:
+        holder.release()
+    # the refused runs above released the folder: the next one proceeds (and resumes)
+    run_infer([str(clip)], out, _opts(lifter, [tmp_path / "ap.json"], render=False))
+    assert (out / "keypoints2d.h5").stat().st_mtime_ns == kp_mtime
+    assert not (out / "run.json.lock").exists()
     # the 2D cache of a run is itself a valid --keypoints input
     res3 = run_infer([str(clip)], tmp_path / "out3", _opts(lifter, [out / "keypoints2d.h5"], render=False))
     z3 = _npz(res3["paths"]["leave_return_frames:npz"])

@@ -22,6 +22,7 @@ import numpy as np
 
 from poselift.core.progress import Progress, progress_bar
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
+from poselift.datasets.cache.lock import WriterLock
 from poselift.datasets.cache.writer import partial_dir
 from poselift.datasets.joints import get_joint_set
 
@@ -84,16 +85,26 @@ class _Run:
     def __init__(self, out: Path, videos: list[VideoInput], overwrite: bool) -> None:
         self.out, self.path = out, out / "run.json"
         inputs = [v.identity() for v in videos]
-        if overwrite and out.exists():
-            for p in [self.path, *(out / c for c in CACHE.values())]:
-                _remove_cache(p) if p.suffix == ".h5" else p.unlink(missing_ok=True)
-        self.doc = json.loads(self.path.read_text()) if self.path.exists() else {"inputs": inputs, "stages": {}}
-        if self.doc.get("inputs") != inputs:
-            have = [i.get("path") for i in self.doc.get("inputs", [])]
-            raise InputError(f"{out}: this output folder holds results for other input videos ({have}); "
-                             f"use another --out, or --overwrite to discard them")
+        # One run per folder, held until the run ends: a second run with other settings or
+        # --overwrite would otherwise delete stage caches the first is writing (the caches'
+        # own writer locks do not cover removal). Taken before anything here is touched.
         out.mkdir(parents=True, exist_ok=True)
-        self.save()
+        self.lock = WriterLock(self.path)
+        self.lock.acquire()
+        try:
+            if overwrite:
+                for p in [self.path, *(out / c for c in CACHE.values())]:
+                    _remove_cache(p) if p.suffix == ".h5" else p.unlink(missing_ok=True)
+            self.doc = (json.loads(self.path.read_text()) if self.path.exists()
+                        else {"inputs": inputs, "stages": {}})
+            if self.doc.get("inputs") != inputs:
+                have = [i.get("path") for i in self.doc.get("inputs", [])]
+                raise InputError(f"{out}: this output folder holds results for other input videos "
+                                 f"({have}); use another --out, or --overwrite to discard them")
+            self.save()
+        except BaseException:
+            self.lock.release()
+            raise
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -307,15 +318,26 @@ def _null() -> Iterator[None]:
 
 
 def run_infer(inputs: list[str], out: str | Path, o: InferOptions) -> dict[str, Any]:
-    """Run every stage; returns {"paths": {...}, "timings": {...}, "notes": [...], "tracks": n}."""
-    from .finish import write_outputs
+    """Run every stage; returns {"paths": {...}, "timings": {...}, "notes": [...], "tracks": n}.
 
+    A second run on the same ``out`` while this one works is refused (``CacheLockedError``
+    naming the holder)."""
     out = Path(out)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     videos = list_inputs(inputs)
     device = _device(o.device)
     run = _Run(out, videos, o.overwrite)
+    try:
+        return _run_stages(out, o, videos, device, run, t0, timings)
+    finally:
+        run.lock.release()
+
+
+def _run_stages(out: Path, o: InferOptions, videos: list[VideoInput], device: str,
+                run: _Run, t0: float, timings: dict[str, float]) -> dict[str, Any]:
+    from .finish import write_outputs
+
     if o.tcmr:
         from .tcmr_stage import check_tcmr_options
 
