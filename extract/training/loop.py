@@ -133,13 +133,20 @@ def validate(kind: str, model: torch.nn.Module, ds: KeypointSet, ann: Path, cfg:
     return evaluate_keypoints(gt, res).stats["AP"]
 
 
+def _save_atomic(obj: Any, path: Path) -> None:
+    """tmp + rename: a kill mid-save never leaves a half-written file the loaders would refuse."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def _save_best(kind: str, model: torch.nn.Module, out: Path, epoch: int) -> None:
     m = model.module if hasattr(model, "module") else model
     if isinstance(m, SpatialRefined):
-        torch.save(m.spatial.state_dict(), out / "spatial_best.pth")
+        _save_atomic(m.spatial.state_dict(), out / "spatial_best.pth")
         m = m.base
     sd = m.state_dict()
-    torch.save({"begin_epoch": epoch + 1, "state_dict": sd} if kind == "famipose" else sd, out / "model_best.pth")
+    _save_atomic({"begin_epoch": epoch + 1, "state_dict": sd} if kind == "famipose" else sd, out / "model_best.pth")
 
 
 def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.info) -> dict[str, Any]:
@@ -242,10 +249,9 @@ def train(cfg: dict, out: str | Path, *, log_fn: Callable[[str], None] = log.inf
             elif val_ds is None:
                 _save_best(kind, model, out, epoch)  # no validation: the latest model is the model
             inner = model.module if hasattr(model, "module") else model
-            torch.save({"model": inner.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history,
-                        "rng": rng, "config": {k_: v for k_, v in cfg.items() if k_ != "_base"}}, out / "last.pt.tmp")
-            (out / "last.pt.tmp").replace(last)
+            _save_atomic({"model": inner.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history,
+                          "rng": rng, "config": {k_: v for k_, v in cfg.items() if k_ != "_base"}}, last)
             (out / "history.json").write_text(json.dumps(history, indent=2))
         best = broadcast_object(best, ctx)
         barrier(ctx)
