@@ -7,9 +7,10 @@ Every variant trains in lockstep on the same batches (A, B, C, ... per step) at 
 count, so load from other processes on a shared machine hits all of them alike:
   reference-style  per-example Python gathering (np.pad per window, float64 buffers) + the
                    reference's channels-first conv1d model + torch's single-tensor Adam;
-  before           poselift before issue 14: vectorised gather + GEMM strided model + the
-                   single-tensor Adam (torch's CPU default), float32;
-  fp32             poselift now: fused Adam (amsgrad), float32;
+  before           poselift before issue 14: vectorised gather + GEMM strided model as it was
+                   then (BeforeModel below) + the single-tensor Adam (torch's CPU default), fp32;
+  fp32             poselift now: fused Adam (amsgrad), FastDropout, windows laid out on the
+                   activation side, float32;
   bf16             poselift now with ``precision: bf16`` (CPU autocast);
   compile          (``--compile``) fp32 with ``torch.compile``.
 Printed: the machine (CPU model, AVX512/BF16/AMX flags), measured fp32 and bf16 matmul peaks
@@ -127,6 +128,36 @@ class ReferenceGather:
                 torch.from_numpy(self.b3[:n].astype(np.float32)))
 
 
+class BeforeModel(TemporalModelOptimized1f):
+    """The GEMM lifter as it was before issue 14, kept here so that "before" stays what it
+    was: torch's ``nn.Dropout`` (bernoulli_ mask), the strided weights permuted to the
+    activations' (frame, channel) order on every call, pointwise weights taken by ``select``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop = torch.nn.Dropout(self.dropout)
+
+    def _forward_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        h = x.transpose(1, 2)
+        h = self.drop(self.relu(self._bn(self._strided(h, self.expand_conv), self.expand_bn)))
+        for i in range(1, len(self.pad)):
+            w = self.filter_widths[i]
+            res = h[:, self.causal_shift[i] + w // 2:: w]
+            h = self.drop(self.relu(self._bn(self._strided(h, self.layers_conv[2 * i - 2]),
+                                             self.layers_bn[2 * i - 2])))
+            pointwise = self.layers_conv[2 * i - 1].weight[:, :, 0]
+            h = res + self.drop(self.relu(self._bn(h @ pointwise.t(), self.layers_bn[2 * i - 1])))
+        out = h @ self.shrink.weight[:, :, 0].t() + self.shrink.bias
+        return out.transpose(1, 2).reshape(B, -1, h.shape[1])
+
+    @staticmethod
+    def _strided(h: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
+        c_out, c_in, k = conv.weight.shape
+        b, t = h.shape[0], h.shape[1] // k
+        return h.reshape(b, t, k * c_in) @ conv.weight.permute(0, 2, 1).reshape(c_out, k * c_in).t()
+
+
 class Variant:
     """One way of running the training step: its own model copy, optimizer and gather."""
 
@@ -211,8 +242,8 @@ def speed(name: str, root: Path, threads: list[int], steps: int, batch: int | No
     torch.manual_seed(0)
     init = TemporalModelOptimized1f(**kw, impl="gemm").state_dict()
 
-    def model(impl: str) -> TemporalModelOptimized1f:
-        m = TemporalModelOptimized1f(**kw, impl=impl)
+    def model(impl: str, before: bool = False) -> TemporalModelOptimized1f:
+        m = (BeforeModel if before else TemporalModelOptimized1f)(**kw, impl=impl)
         m.load_state_dict(init)
         return m
 
@@ -220,11 +251,13 @@ def speed(name: str, root: Path, threads: list[int], steps: int, batch: int | No
         b = ds.get_batch(idx)
         return b["kp2d"], b["pose3d"]
 
-    variants = [Variant("reference-style (per-example gather, conv1d, Adam loop)", model("conv"), "loop",
-                        "fp32", lambda idx: ref(ref_chunks(ds, idx))),
-                Variant("before (GEMM, Adam loop), fp32", model("auto"), "loop", "fp32", ours),
-                Variant("now: fused Adam, fp32", model("auto"), "fused", "fp32", ours),
-                Variant("now: fused Adam, bf16 autocast", model("auto"), "fused", "bf16", ours)]
+    variants = [Variant("reference-style (per-example gather, conv1d, nn.Dropout, Adam loop)",
+                        model("conv", before=True), "loop", "fp32", lambda idx: ref(ref_chunks(ds, idx))),
+                Variant("before (GEMM as before issue 14, Adam loop), fp32", model("auto", before=True),
+                        "loop", "fp32", ours),
+                Variant("now: fused Adam, FastDropout, activation-side window layout, fp32",
+                        model("auto"), "fused", "fp32", ours),
+                Variant("now, bf16 autocast", model("auto"), "fused", "bf16", ours)]
     if compile_:
         variants.append(Variant("now: fp32 + torch.compile", model("auto"), "fused", "fp32", ours, True))
     probe = variants[2]
