@@ -121,7 +121,7 @@ def bench_fastpose(a: argparse.Namespace, w: int, h: int) -> None:
     pre-made uint8 crops; end-to-end = extract_keypoints over a single-person video."""
     model = FASTPOSE_VARIANTS["fastpose_r50"](17)
     contract = fastpose_contract()
-    runner = SikrRunner(model, contract, a.device)
+    runner = SikrRunner(model, contract, a.device, precision=a.precision)
     ch, cw = contract.crop_hw
     crops = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (a.batch_size, ch, cw, 3), dtype=np.uint8))
     if runner.device.type == "cuda":
@@ -142,7 +142,7 @@ def bench_fastpose(a: argparse.Namespace, w: int, h: int) -> None:
         t0 = time.perf_counter()
         r = extract_keypoints([SequenceSpec("bench", video, boxes)], Path(d) / "k.h5", runner.model, contract,
                               batch_size=a.batch_size, num_workers=a.workers, device=a.device,
-                              weights_sha256="bench", progress=False)
+                              weights_sha256="bench", progress=False, precision=a.precision)
         e2e = r.frames / (time.perf_counter() - t0)
         assert r.written == ["bench"], r.failed
     if a.header:

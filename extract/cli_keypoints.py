@@ -73,6 +73,9 @@ def add_keypoints_arguments(k: argparse.ArgumentParser) -> None:
                    help="decode/crop worker processes (default: 0 on CPU, min(8, cores - 1) on CUDA)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--no-amp", action="store_true", help="CUDA: float32 instead of fp16 autocast")
+    r.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "auto"],
+                   help="estimator precision, replaces --no-amp (bf16: CPU autocast on AVX512-BF16/AMX); "
+                        "recorded in the cache header")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads in the main process")
     r.add_argument("--overwrite", action="store_true", help="discard an existing cache / interrupted run")
     add_progress_flags(r)
@@ -193,7 +196,7 @@ def run_keypoints(a: argparse.Namespace) -> int:
                             use_pose_nms=nms != "off", min_box_area=a.min_box_area,
                             tracker_iou=a.tracker_iou, tracker_max_age=a.tracker_max_age,
                             tube_length=a.tube_length, weights_sha256=sha, dataset=a.dataset,
-                            overwrite=a.overwrite, progress=progress_mode(a))
+                            overwrite=a.overwrite, progress=progress_mode(a), precision=a.precision)
     failed.update(res.failed)  # each failure was logged once where it happened
     print(f"{a.out}: wrote {len(res.written)} sequences, skipped {len(res.skipped)}, failed "
           f"{len(failed)}, no person in {len(res.empty)}; {res.frames} frames of written sequences "

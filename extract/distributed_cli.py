@@ -120,7 +120,8 @@ def run_sharded(a: argparse.Namespace) -> int:
                                num_workers=resolve_workers(a.workers, device), device=device, dtype=a.dtype, weights_sha256=sha,
                                extractor="hmr" if a.backbone == "hmr" else None, dataset=a.dataset,
                                fingerprint=fingerprint, compile=a.compile, amp=not a.no_amp,
-                               overwrite=a.overwrite, progress=progress_mode(a))
+                               overwrite=a.overwrite, progress=progress_mode(a),
+                               precision=a.precision)
         failed.update(res.failed)  # each failure was logged once where it happened
         status.update(written=len(res.written), failed=len(failed), frames=res.frames,
                       seconds=res.seconds)

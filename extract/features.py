@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from poselift.core.progress import progress_bar
 
-from poselift.core.precision import resolve_precision
+from poselift.core.precision import inference_precision, precision_record
 from poselift.datasets.cache import CacheHeader, CacheWriter
 
 from .contracts import PreprocessContract
@@ -165,8 +165,8 @@ class BackboneRunner:
         self.device = torch.device(device)
         # ``precision`` (fp32 | bf16 | fp16 | auto, poselift.core.precision) overrides ``amp``:
         # bf16 autocast doubles ResNet-50's CPU rate on AVX512-BF16 (docs/benchmarks.md).
-        self._autocast = (resolve_precision(precision, self.device).autocast if precision else
-                          lambda: torch.autocast("cuda", dtype=torch.float16, enabled=self.amp))
+        self.precision = inference_precision(precision, self.device, amp=amp)
+        self._autocast = self.precision.autocast
         self.flush = flush_denormal and self.device.type == "cpu"
         self.contract = contract
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
@@ -243,7 +243,7 @@ def _feed_input(h: Any, s: SequenceSpec) -> None:
 
 
 def _source_info(backbone: torch.nn.Module, extractor: str | None, weights_sha256: str | None,
-                 contract: PreprocessContract, dtype: np.dtype) -> dict[str, Any]:
+                 contract: PreprocessContract, dtype: np.dtype, precision: dict[str, Any]) -> dict[str, Any]:
     info = getattr(backbone, "load_info", None) or {}
     sha = weights_sha256 or info.get("sha256")
     if not sha:
@@ -252,7 +252,10 @@ def _source_info(backbone: torch.nn.Module, extractor: str | None, weights_sha25
     name = extractor or (f"resnet{backbone.depth}" if hasattr(backbone, "depth") else type(backbone).__name__)
     zoo = {"weights_name": info["weights_name"]} if info.get("weights_name") else {}  # zoo provenance
     return {"extractor": name, "weights_sha256": sha, **zoo, "contract": contract.to_dict(),
-            "feature_dim": int(getattr(backbone, "feature_dim", 0)), "dtype": np.dtype(dtype).name}
+            "feature_dim": int(getattr(backbone, "feature_dim", 0)), "dtype": np.dtype(dtype).name,
+            # Features computed in bf16/fp16 differ from fp32 ones in the last bits (~0.4 %):
+            # recorded so that a resumed run in another precision is refused, not mixed.
+            "precision": precision}
 
 
 def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathLike,
@@ -292,7 +295,8 @@ def extract_features(sequences: Sequence[SequenceSpec], out_path: str | os.PathL
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"duplicate sequence ids {dup[:5]}")
     header = CacheHeader(kind="features", dataset=dataset, joint_set=None,
-                         source=_source_info(backbone, extractor, weights_sha256, contract, dtype),
+                         source=_source_info(backbone, extractor, weights_sha256, contract, dtype,
+                                             precision_record(precision, device, amp)),
                          inputs_fingerprint=fingerprint or inputs_fingerprint(sequences),
                          input_fingerprints=input_fingerprints(sequences))
     result = ExtractionResult()

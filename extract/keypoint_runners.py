@@ -2,7 +2,8 @@
 
 Both runners take crops as they come from the workers (uint8 BGR (N, h, w, 3), pinned on
 CUDA), copy them to the device non-blocking, normalise there with the contract (channels_last
-falls out of the NHWC layout), run the model (fp16 autocast on CUDA only) and decode to image
+falls out of the NHWC layout), run the model (autocast as ``precision`` says: by default fp16 on CUDA, float32 on the CPU;
+``precision="bf16"`` runs CPU autocast on AVX512-BF16/AMX) and decode to image
 pixels through the crop boxes with one convention (pixel-index coordinates, no +0.5; see
 ``poselift.extract.contracts``):
 
@@ -20,6 +21,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from poselift.core.precision import Precision, inference_precision
 
 from .contracts import PreprocessContract
 from .estimators.famipose import FAMIPose
@@ -70,11 +73,13 @@ def _flush_denormal(on: bool) -> Iterator[None]:
 
 
 class _Runner:
-    def __init__(self, model: nn.Module, contract: PreprocessContract, device: str | torch.device, amp: bool) -> None:
+    def __init__(self, model: nn.Module, contract: PreprocessContract, device: str | torch.device, amp: bool,
+                 precision: str | None = None) -> None:
         self.device = torch.device(device)
         self.contract = contract
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-        self.amp = amp and self.device.type == "cuda"
+        self.precision: Precision = inference_precision(precision, self.device, amp=amp)
+        self.amp = self.precision.dtype is not None
         self.flush = self.device.type == "cpu"
 
     def prepare(self, crops: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -83,7 +88,7 @@ class _Runner:
         return self.contract.normalize(x, rgb_input=False).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):  # noqa: ANN202
-        return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
+        return self.precision.autocast()
 
 
 class SikrRunner(_Runner):
@@ -91,8 +96,8 @@ class SikrRunner(_Runner):
 
     def __init__(self, model: nn.Module, contract: PreprocessContract, device: str | torch.device = "cpu",
                  *, amp: bool = True, flip_test: bool = False,
-                 flip_pairs: Sequence[tuple[int, int]] | None = None) -> None:
-        super().__init__(model, contract, device, amp)
+                 flip_pairs: Sequence[tuple[int, int]] | None = None, precision: str | None = None) -> None:
+        super().__init__(model, contract, device, amp, precision)
         self.flip_test = flip_test
         k = int(getattr(model, "num_joints", 0))
         self.flip_pairs = flip_pairs if flip_pairs is not None else (flip_pairs_for(k) if flip_test else ())
@@ -101,7 +106,7 @@ class SikrRunner(_Runner):
         """Normalised crops (N, 3, h, w) -> raw logits (N, K, h/4, w/4) float32."""
         with _flush_denormal(self.flush), torch.inference_mode():
             if self.flip_test:
-                return flip_test_logits(self.model, x, self.flip_pairs, amp=self.amp)
+                return flip_test_logits(self.model, x, self.flip_pairs, autocast=self._autocast)
             with self._autocast():
                 return self.model(x).float()
 
@@ -122,7 +127,7 @@ class SimccRunner(SikrRunner):
         """Normalised crops (N, 3, H, W) -> (x (N, K, W*k), y (N, K, H*k)) float32."""
         with _flush_denormal(self.flush), torch.inference_mode():
             if self.flip_test:
-                return simcc_flip_test(self.model, x, self.flip_pairs, amp=self.amp)
+                return simcc_flip_test(self.model, x, self.flip_pairs, autocast=self._autocast)
             with self._autocast():
                 lx, ly = self.model(x)
             return lx.float(), ly.float()
@@ -142,8 +147,8 @@ class FamiRunner(_Runner):
     """FAMI-Pose over crop sets: backbone once per crop, head once per key frame."""
 
     def __init__(self, model: FAMIPose, contract: PreprocessContract, device: str | torch.device = "cpu",
-                 *, amp: bool = True, batch_size: int = 16) -> None:
-        super().__init__(model, contract, device, amp)
+                 *, amp: bool = True, batch_size: int = 16, precision: str | None = None) -> None:
+        super().__init__(model, contract, device, amp, precision)
         self.batch_size = int(batch_size)
 
     def features(self, crops: torch.Tensor | np.ndarray) -> torch.Tensor:

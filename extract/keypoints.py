@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from poselift.core.precision import precision_record
 from poselift.core.progress import progress_bar
 
 from poselift.datasets.cache import CacheHeader, CacheWriter
@@ -174,7 +175,7 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
                       min_box_area: float = 0.0, tracker_iou: float = 0.3, tracker_max_age: int = 30,
                       tube_length: int = 1, weights_sha256: str | None = None, extractor: str | None = None,
                       dataset: str = "custom", fingerprint: str | None = None, overwrite: bool = False,
-                      progress: bool = True) -> KeypointResult:
+                      progress: bool = True, precision: str | None = None) -> KeypointResult:
     """Run a 2D estimator over videos into the ``keypoints2d`` cache ``out_path``.
 
     Args:
@@ -190,6 +191,8 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
         tracker_iou, tracker_max_age: :class:`IoUTracker` for boxes without track ids.
         tube_length: FAMI only, key frames sharing one crop box and backbone features (1 = reference).
         weights_sha256: checkpoint sha256 (required; ``random-init:seed=<n>`` for untrained nets).
+        amp, precision: fp16 autocast on CUDA (``amp``), or an explicit ``fp32 | bf16 | fp16 |
+            auto`` that replaces it (bf16 autocast works on CPUs); recorded in the header.
     """
     fami = isinstance(estimator, FAMIPose)
     simcc = isinstance(estimator, SimCCPose)
@@ -210,7 +213,7 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
               "estimator": name, "weights_sha256": weights_sha256,
               "contract": contract.to_dict(), "decode": contract.decode,
               "coordinates": "image px, pixel-index convention (integer = pixel centre, no +0.5)",
-              "num_joints": k}
+              "num_joints": k, "precision": precision_record(precision, device, amp)}
     if getattr(estimator, "zoo_name", None):  # set when the weights were given by zoo name
         source["weights_name"] = estimator.zoo_name
     if fami:
@@ -232,11 +235,13 @@ def extract_keypoints(sequences: Sequence[SequenceSpec | VideoDetections], out_p
                          worker_init_fn=_worker_init if num_workers > 0 else None,
                          prefetch_factor=2 if num_workers > 0 else None)
         if fami:
-            runner = FamiRunner(estimator, contract, device, amp=amp, batch_size=batch_size)
+            runner = FamiRunner(estimator, contract, device, amp=amp, batch_size=batch_size,
+                                precision=precision)
             _run_tubes(jobs, writer, runner, contract, batch_size, tube_length, tracker_iou,
                        tracker_max_age, loader_kw, progress, result)
         else:
-            runner = (SimccRunner if simcc else SikrRunner)(estimator, contract, device, amp=amp, flip_test=flip_test)
+            runner = (SimccRunner if simcc else SikrRunner)(estimator, contract, device, amp=amp,
+                                                            flip_test=flip_test, precision=precision)
             _run_detections(jobs, writer, runner, contract, batch_size, params if use_pose_nms else None,
                             min_box_area, tracker_iou, tracker_max_age, loader_kw, progress, result)
     result.seconds = time.perf_counter() - t0

@@ -156,7 +156,8 @@ def _header_of(specs, contract):
 
     return CacheHeader(kind="features", dataset="custom", source={
         "extractor": "resnet50", "weights_sha256": "sha-x", "contract": contract.to_dict(),
-        "feature_dim": 256, "dtype": "float16"}, inputs_fingerprint=inputs_fingerprint(specs))
+        "feature_dim": 256, "dtype": "float16",
+        "precision": {"resolved": "fp32", "autocast_dtype": None}}, inputs_fingerprint=inputs_fingerprint(specs))
 
 
 def test_broken_sequences_fail_clearly_while_others_are_written(tmp_path: Path, videos: dict[str, Path]) -> None:

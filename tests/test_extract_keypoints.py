@@ -320,3 +320,23 @@ def test_cli_keypoints_results_json_matches_the_cache(video: Path, tmp_path: Pat
     assert e["category_id"] == 1 and np.isfinite(e["score"])
     frames = [int(x["image_id"].split(".")[0]) for x in entries]
     assert frames == sorted(frames)
+
+
+def test_sikr_bf16_is_recorded_close_to_fp32_and_not_mixed_on_resume(video: Path, tmp_path: Path) -> None:
+    from poselift.datasets.cache.schema import CacheMismatchError
+
+    m, boxes = tiny_fastpose(), person_boxes()
+    kw = dict(weights_sha256="sha-x", progress=False)
+    extract_keypoints([SequenceSpec("s1", video, boxes)], tmp_path / "fp32.h5", m, SIKR_C, **kw)
+    extract_keypoints([SequenceSpec("s1", video, boxes)], tmp_path / "bf16.h5", m, SIKR_C,
+                      precision="bf16", **kw)
+    with Cache(tmp_path / "fp32.h5") as a, Cache(tmp_path / "bf16.h5") as b:
+        assert a.header.source["precision"] == {"resolved": "fp32", "autocast_dtype": None}
+        assert b.header.source["precision"] == {"resolved": "bf16", "autocast_dtype": "bfloat16"}
+        ka, kb = a.read("s1", "keypoints"), b.read("s1", "keypoints")
+        # bf16 keeps 8 mantissa bits: the soft-argmax moves by a fraction of a pixel, not more.
+        assert 0 < np.abs(ka - kb).max() < 2.0
+    # The same cache resumed in another precision is refused, never mixed.
+    with pytest.raises(CacheMismatchError, match="precision"):
+        extract_keypoints([SequenceSpec("s1", video, boxes), SequenceSpec("s2", video, boxes)],
+                          tmp_path / "bf16.h5", m, SIKR_C, **kw)

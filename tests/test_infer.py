@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from poselift.datasets.cache import Cache
 from poselift.datasets.joints import COCO17
 from poselift.infer import InferOptions, run_infer
 from poselift.infer.lift import JointSetMismatch, interpolate_missing, normalize_by_width, to_lifter_joints
@@ -304,3 +305,19 @@ def test_2d_json_frames_by_image_file_name(tmp_path: Path) -> None:
     p = load_2d_json(tmp_path / "ap.json", v.n_frames, frame_names(v))
     assert p.frame.tolist() == [0, 2] and p.joint_set == "coco17" and (p.track == -1).all()
     np.testing.assert_allclose(p.boxes[0], [*POSE.min(0), *POSE.max(0)])
+
+
+def test_precision_is_part_of_the_stage_keys_and_recorded(tmp_path: Path) -> None:
+    clip, entries = _write_clip(tmp_path, "leave_return", 20)
+    (tmp_path / "ap.json").write_text(json.dumps(entries))
+    lifter = _lifter(tmp_path / "l.bin")
+    out = tmp_path / "out"
+    res = run_infer([str(clip)], out, _opts(lifter, [tmp_path / "ap.json"], render=False))
+    lift_mtime = (out / "poses3d.h5").stat().st_mtime_ns
+    assert "precision" not in Cache(out / "poses3d.h5").header.source  # folders from before keep their keys
+    a = _npz(res["paths"]["leave_return_frames:npz"])["joints_3d"]  # read now: the re-run rewrites it
+    res2 = run_infer([str(clip)], out, _opts(lifter, [tmp_path / "ap.json"], render=False, precision="bf16"))
+    assert (out / "poses3d.h5").stat().st_mtime_ns != lift_mtime  # lifted again, in bf16
+    assert Cache(out / "poses3d.h5").header.source["precision"] == "bf16"
+    b = _npz(res2["paths"]["leave_return_frames:npz"])["joints_3d"]
+    assert 0 < np.nanmax(np.abs(a - b)) < 0.05 * np.nanmax(np.abs(a)) + 1e-3

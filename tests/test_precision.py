@@ -168,3 +168,15 @@ def test_backbone_runner_bf16_on_cpu_close_to_fp32():
     assert np.linalg.norm(bf16 - fp32) < 0.05 * np.linalg.norm(fp32)
     with pytest.raises(P.PrecisionError, match="fp16"):
         BackboneRunner(net, contract, "cpu", precision="fp16")
+
+
+def test_inference_precision_defaults_keep_the_old_behaviour():
+    # No switch given: fp16 autocast on CUDA when amp, float32 otherwise (existing caches stay
+    # reproducible); an explicit switch wins over amp.
+    assert P.inference_precision(None, "cpu").dtype is None
+    assert P.inference_precision(None, "cpu", amp=True).name == "fp32"
+    assert P.inference_precision("bf16", "cpu", amp=False).dtype == torch.bfloat16
+    assert P.precision_record(None, "cpu") == {"resolved": "fp32", "autocast_dtype": None}
+    assert P.precision_record("bf16", "cpu") == {"resolved": "bf16", "autocast_dtype": "bfloat16"}
+    with pytest.raises(P.PrecisionError):
+        P.inference_precision("fp16", "cpu")

@@ -200,3 +200,15 @@ def test_zoo_name_evaluates_and_inits(h36m, tmp_path, monkeypatch) -> None:
                                       "--set", "epochs=1")) == 0
     rec = json.loads((tmp_path / "ft" / "summary.json").read_text())["init"]
     assert rec["path"] == str(ck.resolve()) and rec["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
+
+
+def test_evaluate_precision_switch_is_recorded_and_close(h36m, tmp_path) -> None:
+    ck = _bin(tmp_path / "released.bin")
+    common = ["--checkpoint", ck, "--gt", h36m["gt"], "--keypoints", h36m["kp"], "--subjects", "S9"]
+    p1 = {}
+    for prec in ("fp32", "bf16"):
+        assert _eval_cli(*common, "--out", tmp_path / prec, "--precision", prec) == 0
+        extra = json.loads((tmp_path / prec / "report.json").read_text())["extra"]
+        assert extra["precision"]["resolved"] == prec
+        p1[prec] = json.loads((tmp_path / prec / "protocol.json").read_text())["tables"]["all"]["average"]["p1"]
+    assert p1["fp32"] != p1["bf16"] and abs(p1["bf16"] - p1["fp32"]) < 0.02 * p1["fp32"]

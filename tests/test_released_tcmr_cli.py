@@ -126,3 +126,17 @@ def test_train_tcmr_init_refusals_are_one_line(setup, tmp_path, capsys) -> None:
     vibe = _release(tmp_path / "vibe_model.pth.tar", body, "vibe")
     assert train_cli.main(_train_args(caches, body, tmp_path / "b", "--init", str(vibe))) == 2
     assert "vibe_model.pth.tar: holds a VIBE model" in capsys.readouterr().err
+
+
+def test_evaluate_tcmr_in_bf16_is_recorded_and_close(setup, tmp_path) -> None:
+    caches, body = setup
+    ck = _release(tmp_path / "tcmr_model.pth.tar", body)
+    res = {}
+    for prec in ("fp32", "bf16"):
+        assert evaluate_cli.main(["tcmr", "--checkpoint", str(ck), "--body-model-dir", str(body),
+                                  "--cache-dir", str(caches), "--source", "3dpw_test", "--protocol", "3dpw",
+                                  "--out", str(tmp_path / prec), "--device", "cpu", "--precision", prec]) == 0
+        doc = json.loads((tmp_path / prec / "report.json").read_text())
+        assert doc["protocol"]["precision"]["resolved"] == prec
+        res[prec] = json.loads((tmp_path / prec / "summary.json").read_text())["mpjpe"]
+    assert abs(res["bf16"] - res["fp32"]) < 0.05 * res["fp32"]

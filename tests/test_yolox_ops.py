@@ -181,3 +181,29 @@ def test_device_choice_falls_back_to_cpu():
     assert pick_device("cpu").type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device(None).type == expected and pick_device("cuda").type == expected
+
+
+class _AutocastProbe(_FixedOutputs):
+    """Records the dtype its (autocast) matmul computes in; outputs in bf16 when autocast is on."""
+
+    seen: list = []
+
+    def forward(self, x):
+        self.seen.append((x.float().flatten(1)[:, :4] @ torch.ones(4, 4)).dtype)
+        out = super().forward(x)
+        return out.to(self.seen[-1])
+
+
+def test_detect_people_precision_switch():
+    from poselift.core.precision import PrecisionError
+
+    frames = [np.zeros((100, 200, 3), np.uint8)] * 2
+    probe = _AutocastProbe()
+    fp32 = detect_people(frames, probe, device="cpu")
+    bf16 = detect_people(frames, probe, device="cpu", precision="bf16")
+    assert probe.seen == [torch.float32, torch.bfloat16]  # autocast only when asked (CPU default fp32)
+    # the postprocess runs in float32: the same boxes up to bf16's rounding of the model outputs
+    assert len(fp32[0]) == len(bf16[0]) == 1
+    np.testing.assert_allclose(bf16[0].boxes, fp32[0].boxes, rtol=1e-2)
+    with pytest.raises(PrecisionError, match="fp16"):
+        detect_people(frames, probe, device="cpu", precision="fp16")

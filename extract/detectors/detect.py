@@ -7,6 +7,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from poselift.core.precision import inference_precision
+
 from .ops import yolox_postprocess, yolox_preprocess
 from .yolox import YOLOX
 
@@ -53,7 +55,8 @@ def _batches(frames: Iterable[np.ndarray], n: int) -> Iterator[list[np.ndarray]]
 def detect_people(frames: Iterable[np.ndarray], model: YOLOX, *, size: int | None = None,
                   conf_thre: float = 0.25, nms_thre: float = 0.45, class_agnostic: bool = False,
                   batch_size: int = 8, device: str | torch.device | None = None,
-                  amp: bool = True, min_score: float = 0.0) -> list[FrameBoxes]:
+                  amp: bool = True, min_score: float = 0.0,
+                  precision: str | None = None) -> list[FrameBoxes]:
     """Run YOLOX on uint8 BGR (H, W, 3) frames and keep the person boxes of each frame.
 
     Args:
@@ -66,6 +69,8 @@ def detect_people(frames: Iterable[np.ndarray], model: YOLOX, *, size: int | Non
             overlapping box of another class, e.g. a bicycle under its rider).
         device: None/"auto" picks CUDA when available; CUDA requested without CUDA runs on CPU.
         amp: float16 autocast on CUDA (ignored on CPU); postprocessing runs in float32.
+        precision: fp32 | bf16 | fp16 | auto (``poselift.core.precision``), replaces ``amp``
+            when given (bf16 autocast runs on AVX512-BF16/AMX CPUs).
         min_score: extra filter on the person score after NMS.
 
     Returns:
@@ -78,7 +83,7 @@ def detect_people(frames: Iterable[np.ndarray], model: YOLOX, *, size: int | Non
     s = int(size or getattr(model, "test_size", 640))
     if s % 32:
         raise ValueError(f"detect_people: size must be a multiple of 32, got {s}")
-    use_amp = bool(amp) and dev.type == "cuda"
+    prec = inference_precision(precision, dev, amp=amp)
     out: list[FrameBoxes] = []
     for batch in _batches(frames, batch_size):
         prepared = []
@@ -89,7 +94,7 @@ def detect_people(frames: Iterable[np.ndarray], model: YOLOX, *, size: int | Non
                 raise ValueError(f"detect_people: frame {len(out) + i}: {e}") from None
         tensors, ratios = zip(*prepared)
         x = torch.stack(tensors).to(dev, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        with prec.autocast():
             raw = model(x)
         dets = yolox_postprocess(raw.float(), conf_thre, nms_thre, class_agnostic)
         for det, r in zip(dets, ratios):

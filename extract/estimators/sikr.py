@@ -24,7 +24,7 @@ Shapes: N crops (persons), K joints, H x W map (64 x 48 for FastPose).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -176,16 +176,20 @@ def flip_heatmap_back(maps: torch.Tensor, flip_pairs: Sequence[tuple[int, int]],
 
 
 def flip_test_logits(model: nn.Module, crops: torch.Tensor, flip_pairs: Sequence[tuple[int, int]],
-                     amp: bool = False) -> torch.Tensor:
+                     amp: bool = False, autocast: Callable[[], ContextManager] | None = None
+                     ) -> torch.Tensor:
     """Run ``model`` on (N, 3, h, w) crops and their mirror; return averaged RAW logits (N, K, H, W).
 
     ``amp`` enables float16 autocast and channels_last on CUDA only; on CPU both are ignored.
+    ``autocast`` (a context factory, e.g. ``Precision.autocast``) replaces ``amp`` when given.
     """
     cuda = crops.is_cuda
     inp = torch.cat((crops, crops.flip(dims=(-1,))), dim=0)
-    if cuda and amp:
+    if cuda and (amp or autocast is not None):
         inp = inp.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda and amp):
+    ctx = autocast() if autocast is not None else torch.autocast("cuda", dtype=torch.float16,
+                                                                    enabled=cuda and amp)
+    with torch.no_grad(), ctx:
         out = model(inp).float()
     n = crops.shape[0]
     return (out[:n] + flip_heatmap_back(out[n:], flip_pairs, shift=True)) / 2

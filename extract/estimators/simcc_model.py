@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -146,12 +146,16 @@ def flip_simcc_back(x_logits: torch.Tensor, y_logits: torch.Tensor, flip_pairs: 
 
 
 def simcc_flip_test(model: nn.Module, crops: torch.Tensor, flip_pairs: Sequence[tuple[int, int]],
-                    amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    amp: bool = False, autocast: Callable[[], ContextManager] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` on (N, 3, h, w) crops and their mirror, average the raw logits:
-    -> (x (N, K, W*k), y (N, K, H*k)) float32."""
+    -> (x (N, K, W*k), y (N, K, H*k)) float32. ``autocast`` (a context factory) replaces
+    ``amp`` (fp16 on CUDA) when given."""
     n = crops.shape[0]
     inp = torch.cat((crops, crops.flip(dims=(-1,))), dim=0)
-    with torch.autocast("cuda", dtype=torch.float16, enabled=crops.is_cuda and amp):
+    ctx = autocast() if autocast is not None else torch.autocast("cuda", dtype=torch.float16,
+                                                                    enabled=crops.is_cuda and amp)
+    with ctx:
         lx, ly = model(inp)
     fx, fy = flip_simcc_back(lx[n:].float(), ly[n:].float(), flip_pairs)
     return (lx[:n].float() + fx) / 2, (ly[:n].float() + fy) / 2

@@ -67,6 +67,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="border windows by edge replication instead of TCMR's 16 copies of the target frame")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="forward precision of the GRUs and regressor (default fp32; SMPL and metrics "
+                        "stay float32); recorded in report.json")
     p.add_argument("--export-meshes", default="", help="comma-separated sequence ids to export meshes for")
     p.add_argument("--mesh-frames", default="0:1000000:30", help="frames to export, start:stop[:step]")
     p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj", help="file format of exported meshes")
@@ -100,7 +103,7 @@ def run_eval(a: argparse.Namespace) -> int:
     report, info, preds = evaluate_source(model, src, a.protocol, J_regressor=reg, device=dev,
                                           batch_size=a.batch_size, match_vibe=a.match_vibe,
                                           pad="edge" if a.edge_pad else "repeat_target",
-                                          export=export or None)
+                                          export=export or None, precision=a.precision)
     info["checkpoint"] = {"path": str(a.checkpoint), **kind}
     paths = write_tcmr_report(report, info, a.out)
     faces = model.regressor.smpl.faces.astype(np.int64)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from poselift.core.precision import resolve_precision
 from poselift.datasets.joints import LSP14
 from poselift.evaluation import Report, SequenceRecord, evaluate_sequences, tcmr_summary
 
@@ -93,12 +94,13 @@ def predict_source(model: torch.nn.Module, src: TCMRSource, protocol: TCMRProtoc
                    J_regressor: torch.Tensor | None, device: torch.device | str = "cpu",
                    batch_size: int = 32, pad: str = "repeat_target", pve: bool = True,
                    export: dict[str, set[int]] | None = None,
-                   ids: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+                   ids: list[str] | None = None, precision: str = "fp32") -> dict[str, dict[str, np.ndarray]]:
     """Run the model on every frame of the source's sequences.
 
     Returns {seq_id: {'joints': (T, J, 3) protocol joints (not centred), 'pve': (T,) metres
     (if ``pve`` and the cache has GT SMPL), 'verts' (K, V, 3) and 'verts_frames' (K,) for the
-    frames ``export[seq]`` asks for (only those meshes are kept)}}.
+    frames ``export[seq]`` asks for (only those meshes are kept)}}. ``precision`` (fp32 |
+    bf16 | fp16 | auto) autocasts the GRUs and regressor; SMPL and the metrics stay float32.
     """
     if protocol.h36m_regressor and J_regressor is None:
         raise ValueError(f"protocol {protocol.name!r} needs the H36M joint regressor")
@@ -113,14 +115,16 @@ def predict_source(model: torch.nn.Module, src: TCMRSource, protocol: TCMRProtoc
     smpl = model.regressor.smpl
     reg = J_regressor.to(device) if (J_regressor is not None and protocol.h36m_regressor) else None
     chunks: dict[str, list] = {}
+    prec = resolve_precision(precision, device)
     for b0 in range(0, len(rows), batch_size):
         idx = rows[b0:b0 + batch_size]
         batch = data.get_batch(idx)
-        if isinstance(model, VIBE):  # per-frame outputs: keep the window's target (middle) frame
-            out = model(batch["features"].to(device), J_regressor=reg)
-            out = {k: v[:, LEFT] for k, v in out.items()}
-        else:
-            out = model(batch["features"].to(device), is_train=False, J_regressor=reg)
+        with prec.autocast():
+            if isinstance(model, VIBE):  # per-frame outputs: keep the window's target (middle) frame
+                out = model(batch["features"].to(device), J_regressor=reg)
+                out = {k: v[:, LEFT] for k, v in out.items()}
+            else:
+                out = model(batch["features"].to(device), is_train=False, J_regressor=reg)
         joints = out["kp_3d"].float()
         if not protocol.h36m_regressor:
             joints = joints[:, list(protocol.spin49_select)]
@@ -208,7 +212,7 @@ def protocol_records(preds: dict[str, dict[str, np.ndarray]], src: TCMRSource,
 def evaluate_source(model: torch.nn.Module, src: TCMRSource, protocol: str, *,
                     J_regressor: torch.Tensor | None, device: torch.device | str = "cpu",
                     batch_size: int = 32, pad: str = "repeat_target", match_vibe: bool = False,
-                    export: dict[str, set[int]] | None = None
+                    export: dict[str, set[int]] | None = None, precision: str = "fp32"
                     ) -> tuple[Report, dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Predict, build records, evaluate per sequence; PVE added to the report's frames.
     Returns (report, protocol info, raw predictions incl. exported meshes)."""
@@ -216,7 +220,7 @@ def evaluate_source(model: torch.nn.Module, src: TCMRSource, protocol: str, *,
         raise KeyError(f"unknown TCMR protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
     proto = PROTOCOLS[protocol]
     preds = predict_source(model, src, proto, J_regressor=J_regressor, device=device,
-                           batch_size=batch_size, pad=pad, export=export)
+                           batch_size=batch_size, pad=pad, export=export, precision=precision)
     recs, pves = protocol_records(preds, src, proto, match_vibe=match_vibe)
     report = evaluate_sequences(recs)
     for r in report.results:
@@ -229,7 +233,8 @@ def evaluate_source(model: torch.nn.Module, src: TCMRSource, protocol: str, *,
             "features_cache": str(src.features.path), "labels_cache": str(src.labels.path),
             "cache_fingerprints": {"features": src.features.content_fingerprint,
                                    "labels": src.labels.content_fingerprint},
-            "summary_mm": tcmr_summary(report)}
+            "summary_mm": tcmr_summary(report),
+            "precision": resolve_precision(precision, device).record()}
     return report, info, preds
 
 

@@ -65,6 +65,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-subject action tables, as HumanEva is reported (default: the checkpoint's "
                         "by_subject)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="forward precision (default fp32, the reference numerics; bf16 = autocast, faster on "
+                        "AVX512-BF16/AMX CPUs); recorded in report.json")
     p.add_argument("--check-fingerprints", action="store_true",
                    help="refuse caches whose content differs from the ones the checkpoint was trained on")
     g = p.add_argument_group("what a VideoPose3D .bin does not record (a poselift checkpoint records "
@@ -91,7 +94,7 @@ def run_eval(a: argparse.Namespace) -> int:
             check_fingerprints=a.check_fingerprints, dataset=a.dataset, joints_in=a.joints_in,
             joints_out=a.joints_out, causal=a.causal, dense=a.dense,
             filter_widths=None if a.filter_widths is None else [int(w) for w in a.filter_widths.split(",")],
-            trust_pickle=a.trust_checkpoint)
+            trust_pickle=a.trust_checkpoint, precision=a.precision)
     except CacheError as e:
         raise ValueError(str(e)) from e
     print(open(paths["protocol"]).read())

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from poselift.core.device import resolve_device
+from poselift.core.precision import resolve_precision
 from poselift.datasets.joints import get_joint_set
 from poselift.evaluation import Report, SequenceRecord, evaluate_sequences, videopose3d_protocol
 
@@ -133,8 +134,8 @@ def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: 
                         by_subject: bool | None = None, device: str = "auto", check_fingerprints: bool = False,
                         progress: bool = True, dataset: str | None = None, joints_in: str | None = None,
                         joints_out: str | None = None, causal: bool | None = None, dense: bool | None = None,
-                        filter_widths: list[int] | None = None, trust_pickle: bool = False
-                        ) -> tuple[Report, dict[str, str]]:
+                        filter_widths: list[int] | None = None, trust_pickle: bool = False,
+                        precision: str = "fp32") -> tuple[Report, dict[str, str]]:
     """Run a checkpoint over the test sequences of two caches and write the report.
 
     ``subjects`` / ``actions`` / ``flip`` / ``by_subject`` left at None (subjects: or
@@ -148,6 +149,9 @@ def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: 
     ``joints_out`` (None: accept the caches') are checked against the caches as a config's
     are; ``causal`` / ``dense`` / ``filter_widths`` go to :func:`load_any_lifter`. The
     model's joint counts must equal the caches' joint sets.
+
+    ``precision`` (default fp32, the reference's numerics) is the forward precision; the
+    resolved precision is written into the report.
     """
     dev = resolve_device(device)
     model, ckpt = load_any_lifter(checkpoint, dev, causal=causal, dense=dense,
@@ -184,10 +188,12 @@ def evaluate_checkpoint(checkpoint: str | Path, gt_cache: str, keypoints_cache: 
         if want != have:
             raise CheckpointError(f"{checkpoint}: trained on caches {want}, evaluated on {have}")
     causal = bool(ckpt["model_args"].get("causal", False))
-    preds = evaluate_lifter(model, data, dev, flip=flip, causal=causal, progress=progress)
+    prec = resolve_precision(precision, dev)
+    preds = evaluate_lifter(model, data, dev, flip=flip, causal=causal, progress=progress, precision=precision)
     return write_lifter_report(preds, data, out_dir, by_subject=by_subject,
                                extra={"checkpoint": str(checkpoint), "checkpoint_kind": ckpt["kind"],
                                       "causal": causal, "receptive_field": model.receptive_field(),
                                       "trajectory_model": bool(ckpt.get("trajectory")
                                                                or extra.get("traj_state_dict")),
-                                      "flip_test": flip, "actions": actions, "by_subject": by_subject})
+                                      "flip_test": flip, "actions": actions, "by_subject": by_subject,
+                                      "precision": prec.record()})

@@ -70,8 +70,10 @@ def build_lifters(cfg: LiftConfig, j_in: int, j_out: int, num_out: int | None = 
 
 
 def evaluate_lifter(model: TemporalModel, data: LiftData, device: torch.device, *,
-                    flip: bool, causal: bool, progress: bool = False) -> dict[str, np.ndarray]:
-    """Predict every test sequence; returns {seq_id: (T, J, 3) root-relative-style prediction}."""
+                    flip: bool, causal: bool, progress: bool = False,
+                    precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Predict every test sequence; returns {seq_id: (T, J, 3) root-relative-style prediction}.
+    ``precision``: forward precision (fp32 | bf16 | fp16 | auto), outputs float32 either way."""
     model.eval()
     pad = (model.receptive_field() - 1) // 2
     perm_in = get_joint_set(data.joints_in).flip_permutation() if flip else None
@@ -80,7 +82,7 @@ def evaluate_lifter(model: TemporalModel, data: LiftData, device: torch.device, 
     for sid in progress_bar(data.ids, desc="evaluate", unit="seq", progress=progress, leave=False):
         preds[sid] = predict_sequence(model, data.sequence_inputs(sid), pad=pad,
                                       causal_shift=pad if causal else 0, flip_in=perm_in,
-                                      flip_out=perm_out, device=device)
+                                      flip_out=perm_out, device=device, precision=precision)
     return preds
 
 

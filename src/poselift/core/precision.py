@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import torch
 
 __all__ = ["PRECISIONS", "Precision", "PrecisionError", "cpu_flags", "cpu_model_name",
-           "cpu_has_native_bf16", "resolve_precision"]
+           "cpu_has_native_bf16", "resolve_precision", "inference_precision", "precision_record"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -176,3 +176,25 @@ def resolve_precision(requested: str, device: str | torch.device, *,
                "requested; this CPU has no AVX512-BF16/AMX, so bf16 is emulated (slower than fp32)")
         return Precision(req, "bf16", "cpu", torch.bfloat16, False, False, why)
     return Precision(req, "fp32", "cpu", None, False, False, "requested")
+
+
+def inference_precision(precision: str | None, device: str | torch.device, *,
+                        amp: bool = True) -> Precision:
+    """Precision of a forward-only path (extraction, ``poselift infer``, evaluation).
+
+    ``precision`` given: :func:`resolve_precision`. ``None``: the behaviour these paths had
+    before the switch existed, so existing caches stay reproducible: fp16 autocast on CUDA
+    when ``amp``, float32 otherwise (the CPU included)."""
+    if precision is not None:
+        return resolve_precision(precision, device)
+    dev = torch.device(device)
+    return resolve_precision("fp16" if amp and dev.type == "cuda" else "fp32", dev)
+
+
+def precision_record(precision: str | None, device: str | torch.device, amp: bool = True
+                     ) -> dict[str, Any]:
+    """What a cache header records of a forward path's precision: the resolved name and the
+    autocast dtype (not the machine-specific reason), so that resuming a cache in another
+    precision is refused instead of mixing numerics."""
+    rec = inference_precision(precision, device, amp=amp).record()
+    return {"resolved": rec["resolved"], "autocast_dtype": rec["autocast_dtype"]}

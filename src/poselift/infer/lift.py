@@ -139,9 +139,11 @@ def to_lifter_joints(kp: np.ndarray, src: str, dst: str) -> np.ndarray:
 
 
 def lift_track(lifter: Lifter, kp_px: np.ndarray, valid: np.ndarray, joint_set: str, image_size: tuple[int, int],
-               *, flip: bool = True, device: str | torch.device = "cpu") -> np.ndarray:
+               *, flip: bool = True, device: str | torch.device = "cpu",
+               precision: str | None = None) -> np.ndarray:
     """One track: (T, J, 2) px keypoints with (T,) validity -> (T, J_out, 3) metres, camera frame
-    (root-relative, plus the predicted root position when the lifter has a trajectory model)."""
+    (root-relative, plus the predicted root position when the lifter has a trajectory model).
+    ``precision`` (fp32 | bf16 | fp16 | auto; None = fp32) is the lifter's forward precision."""
     w, h = image_size
     filled = interpolate_missing(kp_px, valid)
     x = normalize_by_width(to_lifter_joints(filled, joint_set, lifter.joints_in), w, h)
@@ -149,11 +151,13 @@ def lift_track(lifter: Lifter, kp_px: np.ndarray, valid: np.ndarray, joint_set: 
     shift = pad if lifter.causal else 0
     f_in = get_joint_set(lifter.joints_in).flip_permutation() if flip else None
     f_out = get_joint_set(lifter.joints_out).flip_permutation() if flip else None
+    prec = precision or "fp32"
     pose = predict_sequence(lifter.model, x, pad=pad, causal_shift=shift, flip_in=f_in, flip_out=f_out,
-                            device=device)
+                            device=device, precision=prec)
     if lifter.traj is not None:
         tpad = (lifter.traj.receptive_field() - 1) // 2
         root = predict_sequence(lifter.traj, x, pad=tpad, causal_shift=tpad if lifter.causal else 0,
-                                flip_in=f_in, flip_out=np.zeros(1, np.int64) if flip else None, device=device)
+                                flip_in=f_in, flip_out=np.zeros(1, np.int64) if flip else None, device=device,
+                                precision=prec)
         pose = pose + root
     return pose.astype(np.float32)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from poselift.core.precision import inference_precision
 from poselift.core.progress import Progress, progress_bar
 from poselift.datasets.cache import Cache, CacheHeader, CacheWriter
 from poselift.datasets.cache.lock import WriterLock
@@ -71,6 +72,9 @@ class InferOptions:
     features_random_init: int | None = None  # seed of an untrained backbone (tests, smoke runs)
     features_base_width: int = 64
     progress: Progress = True  # True/'auto', 'bar', 'lines' or False/'off' (poselift.core.progress)
+    # Forward precision of every network (fp32 | bf16 | fp16 | auto); None keeps the default
+    # of each path (fp16 autocast on CUDA for detector / 2D / features, float32 otherwise).
+    precision: str | None = None
 
 
 def _device(name: str) -> str:
@@ -135,9 +139,15 @@ def _yolox_detector(o: InferOptions, device: str):
 
     def detect(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         res = detect_people(frames, model, size=o.detector_size, conf_thre=o.det_conf, nms_thre=o.det_nms,
-                            batch_size=len(frames), device=device)
+                            batch_size=len(frames), device=device, precision=o.precision)
         return [(r.boxes, r.scores) for r in res]
     return detect
+
+
+def _precision_key(o: InferOptions) -> dict[str, str]:
+    """Stage-key part for ``--precision``: absent when not given, so folders made before the
+    switch existed keep their keys (and their caches)."""
+    return {"precision": o.precision} if o.precision else {}
 
 
 def _tracker(o: InferOptions) -> dict[str, int]:
@@ -172,7 +182,7 @@ def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], devic
     if not o.detector or not o.estimator_weights:
         raise InputError("give --detector and --estimator-weights, or bring the 2D keypoints with --keypoints")
     det_key = {"detector": file_sha256(o.detector), "size": o.detector_size, "conf": o.det_conf, "nms": o.det_nms,
-               "tracker": _tracker(o)}
+               "tracker": _tracker(o)} | _precision_key(o)
     det_path = run.stage("detect", det_key)
     if not det_path.exists():
         t = time.perf_counter()
@@ -184,7 +194,7 @@ def _keypoints_stage(o: InferOptions, run: _Run, videos: list[VideoInput], devic
         v.corrupt = [int(i) for i in dets.info(v.video_id).attrs.get("corrupt_frames", [])]
     est_key = {"estimator": o.estimator, "weights": file_sha256(o.estimator_weights),
                "input_size": list(o.estimator_input_size or []),
-               "detections": dets.content_fingerprint}
+               "detections": dets.content_fingerprint} | _precision_key(o)
     path = run.stage("keypoints", est_key)
     if not path.exists():
         t = time.perf_counter()
@@ -219,7 +229,7 @@ def _estimate_2d(o: InferOptions, dets: Cache, videos: list[VideoInput], path: P
         jobs.append(VideoDetections(v.video_id, v.path, np.arange(v.n_frames), d["frame_index"], d["boxes"],
                                     d["score"], d["track_id"], attrs={"video_id": v.video_id}))
     res = extract_keypoints(jobs, path, model, contract, device=device, weights_sha256=sha,
-                            dataset="custom", progress=o.progress)
+                            dataset="custom", progress=o.progress, precision=o.precision)
     if not res.written and not path.exists():
         CacheWriter(path, CacheHeader(kind="keypoints2d", dataset="custom", joint_set="coco17")).finalize()
     for sid, err in res.failed.items():
@@ -278,7 +288,8 @@ def _lift_stage(o: InferOptions, run: _Run, kp_path: Path, videos: list[VideoInp
     js2d = kp.header.joint_set or "coco17"
     k2d = get_joint_set(js2d).num_joints
     to_lifter_joints(np.zeros((1, k2d, 2)), js2d, lifter.joints_in)  # refuse before touching the cache
-    key = {"lifter": lifter.identity, "flip": o.flip, "single_person": o.single_person, "2d": kp.content_fingerprint}
+    key = {"lifter": lifter.identity, "flip": o.flip, "single_person": o.single_person,
+           "2d": kp.content_fingerprint} | _precision_key(o)
     path = run.stage("lift", key)
     header = CacheHeader(kind="predictions", dataset="custom", joint_set=lifter.joints_out, source=key,
                          inputs_fingerprint=kp.content_fingerprint)
@@ -294,7 +305,8 @@ def _lift_stage(o: InferOptions, run: _Run, kp_path: Path, videos: list[VideoInp
         for v, t in progress_bar(todo, desc="lift", unit="track", progress=o.progress):
             sid = t["seq_id"]
             if not w.has(sid):
-                pose = lift_track(lifter, t["keypoints"], t["valid"], js2d, v.size, flip=o.flip, device=device)
+                pose = lift_track(lifter, t["keypoints"], t["valid"], js2d, v.size, flip=o.flip, device=device,
+                                  precision=o.precision)
                 w.write_sequence(sid, {"joints_3d": pose, "frame_index": t["frame_index"].astype(np.int64),
                                        "valid": t["valid"].astype(bool), "keypoints_2d": t["keypoints"],
                                        "scores_2d": t["scores"], "boxes": t["boxes"].astype(np.float32)},
@@ -363,6 +375,8 @@ def _run_stages(out: Path, o: InferOptions, videos: list[VideoInput], device: st
 
         drop_tcmr_outputs(run, videos)
     settings = {k: v for k, v in asdict(o).items() if k not in ("progress", "overwrite")}
+    if o.precision:
+        settings["precision_resolved"] = inference_precision(o.precision, device).record()
     paths = write_outputs(out, videos, tracks, settings, notes, timings, o, lifter.joints_out,
                           overlays=overlays) | tcmr_paths
     timings["total_s"] = time.perf_counter() - t0

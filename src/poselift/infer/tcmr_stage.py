@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from poselift.core.precision import resolve_precision
 from poselift.datasets.cache import Cache
 
 from .lift import interpolate_missing
@@ -134,21 +135,22 @@ def run_tcmr_stage(o: Any, run: Any, kp_fingerprint: str, videos: list[VideoInpu
     contract = CONTRACTS["tcmr-demo"]
     feat_path = run.out / "features.h5"
     fkey = {"backbone": o.features_backbone, "weights": wsha, "feature_dim": backbone.feature_dim,
-            "contract": contract.to_dict(), "single_person": o.single_person, "2d": kp_fingerprint}
+            "contract": contract.to_dict(), "single_person": o.single_person, "2d": kp_fingerprint,
+            **_precision_key(o)}
     if not (_side_stage(run, "features", fkey, [feat_path]) and feat_path.exists()):
         t0 = time.perf_counter()
         specs = [SequenceSpec(t.seq_id, v.path, _filled_boxes(t), t.frames.astype(np.int64))
                  for v in videos for t in tracks.get(v.video_id, []) if t.detected.any()]
         res = extract_features(specs, feat_path, backbone, contract, device=device, dtype=np.float32,
                                weights_sha256=wsha, extractor=o.features_backbone, progress=o.progress,
-                               fingerprint=kp_fingerprint)
+                               fingerprint=kp_fingerprint, precision=getattr(o, "precision", None))
         notes += [f"{sid}: feature extraction failed ({err}): no mesh" for sid, err in res.failed.items()]
         timings["features_s"] = time.perf_counter() - t0
     feats = Cache(feat_path, kind="features")
     mdl = Path(o.tcmr)
     tkey = {"tcmr": file_sha256(mdl) if mdl.is_file() else str(o.tcmr), "kind": info["kind"],
             "body_model": file_sha256(find_body_model_file(o.body_model_dir)),
-            "features": feats.content_fingerprint}
+            "features": feats.content_fingerprint, **_precision_key(o)}
     outs = [run.out / v.video_id / f"tcmr_output.{s}" for v in videos for s in ("pkl", "npz")]
     reuse = _side_stage(run, "tcmr", tkey, outs) and all(p.exists() for p in outs)
     t0 = time.perf_counter()
@@ -166,7 +168,8 @@ def run_tcmr_stage(o: Any, run: Any, kp_fingerprint: str, videos: list[VideoInpu
         per = {}
         for t in tracks.get(v.video_id, []):
             if t.seq_id in feats.ids:
-                per[t.track_id] = _predict_track(model, feats, t.seq_id, contract, v.size, device)
+                per[t.track_id] = _predict_track(model, feats, t.seq_id, contract, v.size, device,
+                                                 precision=getattr(o, "precision", None) or "fp32")
         d.mkdir(parents=True, exist_ok=True)
         with open(d / "tcmr_output.pkl", "wb") as fh:
             pickle.dump(per, fh, protocol=4)
@@ -177,9 +180,14 @@ def run_tcmr_stage(o: Any, run: Any, kp_fingerprint: str, videos: list[VideoInpu
     return result, np.asarray(model.regressor.smpl.faces, np.int64)
 
 
+def _precision_key(o: Any) -> dict[str, str]:
+    """Stage-key part for ``--precision`` (absent when not given: older folders keep their keys)."""
+    return {"precision": o.precision} if getattr(o, "precision", None) else {}
+
+
 @torch.no_grad()
 def _predict_track(model: torch.nn.Module, feats: Cache, sid: str, contract: Any, size: tuple[int, int],
-                   device: str, batch: int = 64) -> dict[str, np.ndarray]:
+                   device: str, batch: int = 64, precision: str = "fp32") -> dict[str, np.ndarray]:
     x = torch.from_numpy(feats.read(sid, "features").astype(np.float32))
     valid = feats.read(sid, "valid").astype(bool)
     boxes = feats.read(sid, "boxes")
@@ -191,12 +199,14 @@ def _predict_track(model: torch.nn.Module, feats: Cache, sid: str, contract: Any
 
     win = torch.from_numpy(tcmr_windows(len(keep), getattr(model, "seq_len", SEQ_LEN), LEFT))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("theta", "verts", "kp_3d")}
+    prec = resolve_precision(precision, device)
     for b0 in range(0, len(win), batch):
         xb = x[win[b0:b0 + batch]].to(device)
-        if isinstance(model, VIBE):  # a released VIBE: per-frame outputs, keep the window's target
-            out = {k: v[:, LEFT] for k, v in model(xb).items()}
-        else:
-            out = model(xb, is_train=False)
+        with prec.autocast():  # GRUs and regressor in bf16/fp16 where asked; SMPL stays float32
+            if isinstance(model, VIBE):  # a released VIBE: per-frame outputs, keep the window's target
+                out = {k: v[:, LEFT] for k, v in model(xb).items()}
+            else:
+                out = model(xb, is_train=False)
         for k in parts:
             parts[k].append(out[k].float().cpu().numpy())
     theta, verts, joints = (np.concatenate(parts[k]) for k in ("theta", "verts", "kp_3d"))
