@@ -148,6 +148,7 @@ def bench_fastpose(a: argparse.Namespace, w: int, h: int) -> None:
     if a.header:
         print(HEADER)
     dev = torch.cuda.get_device_name() if runner.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    dev += f", {a.precision}" if a.precision else ""
     print(f"| {dev} | fastpose-r50 sikr | 64 | 256x192 | {a.batch_size} | {a.workers} | no | {a.frames} x "
           f"{w}x{h} mp4v | {fwd:.1f} | {e2e:.1f} | {e2e / fwd:.2f} |")
 

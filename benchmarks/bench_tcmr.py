@@ -5,8 +5,8 @@ regressor MLP, thread scaling, data fraction, and eval-mode inference windows/s.
 Builds synthetic DB files in the reference formats, imports them (float16 features). The
 variants train one shared model in lockstep on the same batches (A, B, C, A, B, C, ...), each
 with its own optimizer, so load from other processes hits all alike:
-  before     smplx's own skinning (per-vertex 4x4 bmm) and torch's single-tensor Adam,
-             float32 (poselift before issue 14);
+  before     smplx's own skinning (per-vertex 4x4 bmm), torch's nn.Dropout and single-tensor
+             Adam, float32 (poselift before issue 14);
   fp32       fused Adam, float32;
   bf16       fused Adam, ``precision: bf16`` (CPU autocast; SMPL stays float32).
 SMPL share: the body model's forward + backward for the step's 3 x batch bodies, timed in
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_line, with_threads  # noqa: E402
+from machine import machine_line, matmul_peak_gflops, step_flops, with_threads  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,13 +89,19 @@ def main(argv: list[str] | None = None) -> int:
             extra = torch.einsum("bik,ji->bjk", out.vertices, smpl.J_regressor_extra)
             return out.vertices, torch.cat([out.joints, extra], dim=1)[:, smpl.joint_map]
 
+        reg = model.regressor
+        fast_drops = (reg.drop1, reg.drop2)
+        plain_drops = tuple(torch.nn.Dropout(m.p) for m in fast_drops)  # torch's bernoulli_ mask
+
         def step(name: str, b: dict) -> None:
             n2 = int(b["n_2d"])
             if name.startswith("before"):
                 smpl.forward = smplx_forward  # instance attribute: this module only
+                reg.drop1, reg.drop2 = plain_drops
             with precs[name].autocast():
                 pred = model(b["features"], is_train=True)
             smpl.__dict__.pop("forward", None)
+            reg.drop1, reg.drop2 = fast_drops
             pred = {k: pred[k].float() for k in ("kp_2d", "kp_3d", "theta")}
             kp = _rep3(b["kp_2d"])
             t3d = {"kp_2d": kp[n2:], **{k: _rep3(b[k]) for k in ("kp_3d", "theta", "w_3d", "w_smpl")}}
@@ -116,11 +122,17 @@ def main(argv: list[str] | None = None) -> int:
               f"timed steps per variant and thread count; import {per * 22 / import_s:.0f} frames/s\n")
         print("SMPL share: the body model's forward + backward (fast skinning) over the variant's step "
               "time; for 'before' it is a lower bound (its own skinning is slower).\n")
-        print("| threads | variant | steps/s | s/step | vs before | data fraction | SMPL fwd+bwd share "
-              "| GRU + regressor + loss + Adam share |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        flops = step_flops(lambda: step("now: fused Adam, fp32", batches[0]))
+        print(f"Step FLOPs (matmuls, forward + backward, torch's counter): {flops / 1e9:.1f} G; peaks: "
+              f"best 2048^2 matmul over 2 s per thread count; the fraction is the step's achieved "
+              f"GFLOP/s over the peak of its own dtype's units (fp32 for fp32, bf16 for bf16).\n")
+        print("| threads | fp32 / bf16 peak GFLOP/s | variant | steps/s | s/step | vs before | achieved GFLOP/s "
+              "| of peak | data fraction | SMPL fwd+bwd share | GRU + regressor + loss + Adam share |")
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in threads:
             restore = with_threads(t)
+            p32 = matmul_peak_gflops(torch.float32, torch.device("cpu"), seconds=2.0)
+            p16 = matmul_peak_gflops(torch.bfloat16, torch.device("cpu"), seconds=2.0)
             acc = {k: 0.0 for k in [*variants, "smpl", "data"]}
             for s in range(a.steps + 1):
                 td = time.perf_counter()
@@ -141,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             base = acc["before: smplx skinning, Adam loop, fp32"]
             for name in variants:
                 share = acc["smpl"] / acc[name]
-                print(f"| {t} | {name} | {a.steps / acc[name]:.3f} | {acc[name] / a.steps:.2f} | "
-                      f"{base / acc[name]:.2f}x | {100 * acc['data'] / (acc['data'] + acc[name]):.1f} % | "
+                gf = flops * a.steps / acc[name] / 1e9
+                peak = p16 if "bf16" in name else p32
+                print(f"| {t} | {p32:.0f} / {p16:.0f} | {name} | {a.steps / acc[name]:.3f} | "
+                      f"{acc[name] / a.steps:.2f} | {base / acc[name]:.2f}x | {gf:.1f} | {100 * gf / peak:.0f} % | "
+                      f"{100 * acc['data'] / (acc['data'] + acc[name]):.1f} % | "
                       f"{100 * share:.0f} % | {100 * (1 - share):.0f} % |", flush=True)
         val = open_source(d, "3dpw_val", feat_dim=a.feat_dim)
         reg = h36m_regressor(body, 6890)
