@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         data = [TCMRWindowData(s, train_windows(s, 1)) for s in srcs]
         batches = StepBatches(MixedBatchSampler([len(data[0])], [len(data[1])], a.batch), [data[0]], [data[1]])
         loss_fn = TCMRLoss()
-        variants = {"before: smplx skinning, Adam loop, fp32": ("loop", "fp32"), "now: fused Adam, fp32": ("fused", "fp32"),
-                    "now: fused Adam, bf16 autocast": ("fused", "bf16")}
+        before = "before: smplx skinning, nn.Dropout, Adam loop, fp32"
+        variants = {before: ("loop", "fp32"), "now: fast skinning, FastDropout, fused Adam, fp32": ("fused", "fp32"),
+                    "now: fast skinning, FastDropout, fused Adam, bf16 autocast": ("fused", "bf16")}
         opts = {k: make_adam(model.parameters(), lr=5e-5, impl=v[0]) for k, v in variants.items()}
         precs = {k: resolve_precision(v[1], "cpu") for k, v in variants.items()}
         smpl = model.regressor.smpl
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
               f"timed steps per variant and thread count; import {per * 22 / import_s:.0f} frames/s\n")
         print("SMPL share: the body model's forward + backward (fast skinning) over the variant's step "
               "time; for 'before' it is a lower bound (its own skinning is slower).\n")
-        flops = step_flops(lambda: step("now: fused Adam, fp32", batches[0]))
+        flops = step_flops(lambda: step("now: fast skinning, FastDropout, fused Adam, fp32", batches[0]))
         print(f"Step FLOPs (matmuls, forward + backward, torch's counter): {flops / 1e9:.1f} G; peaks: "
               f"best 2048^2 matmul over 2 s per thread count; the fraction is the step's achieved "
               f"GFLOP/s over the peak of its own dtype's units (fp32 for fp32, bf16 for bf16).\n")
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     acc["smpl"] += smpl_s
                     acc["data"] += data_s
             restore()
-            base = acc["before: smplx skinning, Adam loop, fp32"]
+            base = acc[before]
             for name in variants:
                 share = acc["smpl"] / acc[name]
                 gf = flops * a.steps / acc[name] / 1e9
