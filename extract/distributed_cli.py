@@ -63,6 +63,8 @@ def _init_group(info, hours: float) -> bool:
     """A gloo group for the end-of-run barrier; False when no rendezvous address is known."""
     import torch.distributed as dist
 
+    from poselift.lifting.distributed import init_group
+
     if info.world_size == 1:
         return False
     if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
@@ -70,8 +72,7 @@ def _init_group(info, hours: float) -> bool:
     if not dist.is_initialized():
         os.environ.setdefault("RANK", str(info.rank))
         os.environ.setdefault("WORLD_SIZE", str(info.world_size))
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size,
-                                timeout=datetime.timedelta(hours=hours))
+        init_group("gloo", info.rank, info.world_size, datetime.timedelta(hours=hours))
     return True
 
 
@@ -150,8 +151,10 @@ def run_sharded(a: argparse.Namespace) -> int:
     if grouped:
         import torch.distributed as dist
 
+        from poselift.lifting.distributed import teardown_group
+
         dist.barrier()  # nobody exits (and lets the launcher tear down) before the merge is done
-        dist.destroy_process_group()
+        teardown_group()  # joins gloo's threads now, not during interpreter finalization
     return 1 if any_failed else 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -34,7 +35,7 @@ from torch import nn
 
 from .videopose3d.model import TemporalModelOptimized1f
 
-__all__ = ["DistContext", "init_distributed", "shutdown", "rank_part", "all_reduce_sums",
+__all__ = ["DistContext", "init_distributed", "init_group", "shutdown", "teardown_group", "rank_part", "all_reduce_sums",
            "broadcast_object", "barrier", "gather_rng_states", "restore_rng_state",
            "DistributedBatchNorm", "convert_sync_batchnorm", "SyncTemporalModelOptimized1f", "wrap_ddp"]
 
@@ -83,18 +84,49 @@ def init_distributed(device: torch.device, *, timeout_minutes: float = 60.0,
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
-        # One group per process, destroyed at exit: re-creating it for a second training run
-        # in the same process (torchrun's rendezvous store is reused) can hang.
-        atexit.register(_destroy_group)
+    # One group per process, torn down at exit: re-creating it for a second training run in the
+    # same process (torchrun's rendezvous store is reused) can hang.
+    init_group(backend, rank, world, datetime.timedelta(minutes=timeout_minutes))
     return DistContext(rank, world, local, device, backend)
 
 
-def _destroy_group() -> None:
+def init_group(backend: str, rank: int, world_size: int, timeout: datetime.timedelta) -> None:
+    """The default process group (no-op when one is live), with ``teardown_group`` run at exit.
+
+    ``torch.distributed.nn`` is imported first on purpose: its functions take
+    ``group=group.WORLD`` as a default argument, and DDP imports it lazily; imported while a group
+    is live, those defaults pin that group for the life of the process and ``teardown_group``
+    could not join its threads. Imported before, the defaults are None.
+    """
     if dist.is_initialized():
-        dist.destroy_process_group()
+        return
+    import torch.distributed.nn  # noqa: F401  (see the docstring)
+
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+    atexit.register(teardown_group)
+
+
+def teardown_group() -> None:
+    """Destroy the default group AND its backend while the interpreter is fully alive.
+
+    ``destroy_process_group`` only unregisters the group: DDP reducers (often in dead reference
+    cycles) still hold it, so gloo's worker threads outlive the call. Such a thread may still hold
+    a finished collective whose tensors belong to Python objects (an ``all_gather`` output, kept
+    alive through the weak reference of the ``barrier`` that followed it); when it lets go during
+    interpreter finalization, taking the GIL ends the thread inside a destructor and the process
+    aborts ("terminate called without an active exception", SIGABRT, exit code -6) after a run
+    that finished. So: keep one Python reference, destroy, collect the cycles, then drop that
+    reference: the group's destructor runs with the GIL released (torch binds it so) and joins
+    the worker threads, which release their work while Python can still take the GIL. Local
+    only, no collective: a rank that exits on an error must not wait for the others here. A group
+    that user code still references stays alive (and its threads with it), as before.
+    """
+    if not dist.is_initialized():
+        return
+    group = dist.distributed_c10d._get_default_group()
+    dist.destroy_process_group()
+    gc.collect()
+    del group
 
 
 def shutdown(ctx: DistContext) -> None:

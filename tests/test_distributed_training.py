@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 F = 16
 
 WORKER = '''
-import json, os, sys
+import atexit, json, os, sys
 from pathlib import Path
 import torch
 from poselift.lifting import run
@@ -44,6 +45,12 @@ from poselift.lifting.config import LiftConfig
 from poselift.lifting.tcmr.train import TCMRConfig
 
 rank = int(os.environ["RANK"])
+def threads():
+    return len(os.listdir("/proc/self/task"))
+base = threads()
+# registered before the group exists, so it runs after poselift's teardown (atexit is LIFO)
+atexit.register(lambda: (Path(sys.argv[2]) / f"threads-rank{rank}.json").write_text(
+    json.dumps({"base": base, "exit": threads()})))
 log = Path(sys.argv[2]) / f"saves-rank{rank}.txt"
 def recording(save):
     def f(path, **kw):
@@ -112,6 +119,70 @@ def test_sync_bn_conversion_keeps_state_and_single_process_semantics():
     torch.testing.assert_close(twin.expand_bn.running_var, base.expand_bn.running_var)
 
 
+TEARDOWN = '''
+import datetime, gc, json, os, sys
+import torch, torch.distributed as dist
+from torch import nn
+from poselift.lifting.distributed import init_group, teardown_group
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+mode = sys.argv[1]
+gc.disable()  # the dead cycle below must survive until teardown, as it may in a real run
+torch.set_num_threads(1)
+model = nn.Linear(4, 2)
+model(torch.randn(3, 4)).sum().backward()
+base = threads()
+if mode == "torch-init":  # bypasses init_group: DDP's lazy import then pins the live group
+    dist.init_process_group("gloo", rank=0, world_size=1)
+else:
+    init_group("gloo", 0, 1, datetime.timedelta(minutes=1))
+from torch.nn.parallel import DistributedDataParallel
+ddp = DistributedDataParallel(model)
+ddp(torch.randn(3, 4)).sum().backward()
+out = [torch.zeros(2)]
+dist.all_gather(out, torch.ones(2))  # Python-owned tensors in a collective, then a barrier
+dist.barrier()
+live = threads()
+cycle = [ddp]
+cycle.append(cycle)  # training loops can leave their DDP model in a dead reference cycle
+del ddp, cycle, out, model
+dist.destroy_process_group() if mode == "destroy" else teardown_group()
+print(json.dumps({"base": base, "live": live, "after": threads(), "init": dist.is_initialized()}))
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc")
+def test_teardown_joins_gloo_threads_while_python_is_alive(tmp_path):
+    """A run that finished must not abort at exit: a gloo worker thread still holding a collective
+    with Python-owned tensors at interpreter finalization ends the process with SIGABRT (seen in
+    CI: ~1 % of torchrun launches). After ``teardown_group`` (run atexit) no gloo thread is left;
+    after a plain ``destroy_process_group``, or with a group created before DDP's lazy import of
+    ``torch.distributed.nn`` (whose default arguments then pin it), they are: the two hazards the
+    teardown removes, which is what this test tells apart."""
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN)
+    got = {}
+    for mode in ("teardown", "destroy", "torch-init"):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(_free_port())}
+        r = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(g["live"] > g["base"] and not g["init"] for g in got.values()), got  # gloo had threads
+    assert got["teardown"]["after"] == got["teardown"]["base"], got  # every one of them joined
+    assert got["destroy"]["after"] > got["destroy"]["base"], got
+    assert got["torch-init"]["after"] > got["torch-init"]["base"], got
+
+
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["state_dict"]
 
@@ -134,6 +205,10 @@ def test_torchrun_ddp_equals_single_process_rank0_writes_resume(data, tmp_path):
                            timeout=120)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout
+    # no gloo thread is left for interpreter finalization (the SIGABRT-at-exit hazard)
+    for rank in (0, 1):
+        t = json.loads((tmp_path / f"threads-rank{rank}.json").read_text())
+        assert t["exit"] == t["base"], (rank, t)
     # rank 0 wrote every checkpoint; rank 1 none
     assert not (tmp_path / "saves-rank1.txt").exists()
     saves = (tmp_path / "saves-rank0.txt").read_text().split()
