@@ -35,8 +35,8 @@ from torch import nn
 
 from .videopose3d.model import TemporalModelOptimized1f
 
-__all__ = ["DistContext", "init_distributed", "init_group", "shutdown", "teardown_group", "rank_part", "all_reduce_sums",
-           "broadcast_object", "barrier", "gather_rng_states", "restore_rng_state",
+__all__ = ["DistContext", "init_distributed", "init_group", "shutdown", "teardown_group", "rank_part",
+           "all_reduce_sums", "broadcast_object", "barrier", "gather_rng_states", "restore_rng_state",
            "DistributedBatchNorm", "convert_sync_batchnorm", "SyncTemporalModelOptimized1f", "wrap_ddp"]
 
 
@@ -123,7 +123,7 @@ def teardown_group() -> None:
     """
     if not dist.is_initialized():
         return
-    group = dist.distributed_c10d._get_default_group()
+    group = dist.group.WORLD
     dist.destroy_process_group()
     gc.collect()
     del group
